@@ -1,0 +1,1 @@
+//! The acceptance kit every connector passes.

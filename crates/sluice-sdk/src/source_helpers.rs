@@ -1,0 +1,1 @@
+//! Pull and push helpers for writing sources (see spec/connectors.md).
