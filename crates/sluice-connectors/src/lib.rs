@@ -1,1 +1,28 @@
-//! placeholder
+//! # sluice-connectors
+//!
+//! Sluice's built-in connectors. Each one is a [`sluice_sdk::Plugin`] with a full specification and
+//! passes the SDK's acceptance kit:
+//! - [`generator`]: generates records (a count or unlimited, a rate, a record size, a format);
+//! - [`file`]: reads lines or OpenCDC JSON lines from a file (byte-offset positions, optional follow)
+//!   and appends records to a file with an fsync policy;
+//! - [`log`]: prints records;
+//! - [`blackhole`]: counts and drops records (for benchmarks).
+
+use std::sync::Arc;
+
+use sluice_sdk::Registry;
+
+pub mod blackhole;
+pub mod file;
+pub mod generator;
+pub mod log;
+
+/// A registry holding every built-in connector.
+pub fn builtin_registry() -> Registry {
+    let mut r = Registry::new();
+    r.register(Arc::new(generator::GeneratorPlugin));
+    r.register(Arc::new(file::FilePlugin));
+    r.register(Arc::new(log::LogPlugin));
+    r.register(Arc::new(blackhole::BlackholePlugin));
+    r
+}
