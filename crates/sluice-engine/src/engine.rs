@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
+use sluice_sdk::host::{GuardedDestination, GuardedSource};
 use sluice_sdk::registry::normalize_plugin_name;
 use sluice_sdk::spec::validate_settings;
 use sluice_sdk::{Destination, Parameter, Registry, Settings, Source};
@@ -277,7 +278,7 @@ impl Engine {
                 Hook::None => {}
             }
             records.push(rec);
-            destinations.push(dest);
+            destinations.push(Box::new(GuardedDestination::new(dest)));
         }
 
         // Connectors removed since the last run get on_deleted, and nothing else.
@@ -313,6 +314,7 @@ impl Engine {
             .await
             .map_err(state_err("read checkpoint"))?;
         tracing::info!(pipeline = %p.id, position = ?position, "opening source");
+        let mut source: Box<dyn Source> = Box::new(GuardedSource::new(source));
         source
             .open(position.as_ref())
             .await

@@ -18,7 +18,8 @@ pub enum ConnectorError {
     /// The settings broke one or more rules; every violation is listed.
     #[error("invalid settings: {0}")]
     InvalidSettings(#[from] ValidationErrors),
-    /// `read`, `ack` or `write` was called before `open` or after `stop`/`teardown`.
+    /// `read` or `write` was called before `open` or after `stop`, or `ack` before `open` or after
+    /// `teardown` (acks keep flowing after `stop` until everything read is acknowledged).
     #[error("stream not open")]
     StreamNotOpen,
     /// A position handed to `open` or `ack` is not one this connector produced.

@@ -1,1 +1,0 @@
-//! Pull and push helpers for writing sources (see spec/connectors.md).
