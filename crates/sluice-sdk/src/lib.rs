@@ -7,6 +7,7 @@
 
 pub mod acceptance;
 pub mod connector;
+pub mod host;
 pub mod opencdc;
 pub mod record;
 pub mod registry;
