@@ -70,12 +70,7 @@ impl Store for MemoryStore {
         let mut inner = self.lock();
         let stored = inner.items.get(&req.key).map(|(_, v)| *v);
         if req.etag.as_deref().is_some_and(|e| !e.is_empty()) {
-            etag::check_write(
-                &req.key,
-                req.etag.as_deref(),
-                Default::default(),
-                stored,
-            )?;
+            etag::check_write(&req.key, req.etag.as_deref(), Default::default(), stored)?;
         }
         inner.items.remove(&req.key);
         Ok(())

@@ -112,4 +112,20 @@ pub trait Store: Send + Sync {
 
     /// Deletes one key. Deleting a missing key without an ETag is not an error.
     async fn delete(&self, req: DeleteRequest) -> Result<(), StateError>;
+
+    /// Writes several keys and returns one result per request, in request order: the new ETag, or
+    /// why that key was not written.
+    ///
+    /// Not atomic (bulk set in the store contract): a key whose ETag or concurrency check fails is
+    /// reported and left unchanged while the others are applied. Requests apply in list order, so a
+    /// later request for the same key sees the earlier one. The default loops over [`Store::set`];
+    /// durable backends override it to commit the whole batch at once, which is what makes batched
+    /// checkpointing fast.
+    async fn set_many(&self, reqs: Vec<SetRequest>) -> Vec<Result<String, StateError>> {
+        let mut results = Vec::with_capacity(reqs.len());
+        for req in reqs {
+            results.push(self.set(req).await);
+        }
+        results
+    }
 }
