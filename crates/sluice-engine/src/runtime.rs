@@ -455,7 +455,7 @@ async fn collector_task(
         tokio::select! {
             biased;
             _ = halt.cancelled() => return Ok(()),
-            report = report_rx.recv() => {
+            report = report_rx.recv(), if !finished.iter().all(|f| *f) => {
                 // A report can only name batches already sent to the collector: take them first.
                 while let Ok(b) = batch_rx.try_recv() {
                     tracked.push_back(Tracked { batch: b, nacks: Vec::new() });
