@@ -1,1 +1,74 @@
-fn main() {}
+//! The `sluice` binary: parses arguments, sets up logging and the runtime, runs a command and
+//! turns its outcome into an exit code.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use sluice::cli::{Cli, Command, ConnectorsCommand};
+use sluice::commands::{self, CommandError};
+use sluice::config::ConfigError;
+use sluice::ui;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(e) = ui::init_logging(&cli.log_level) {
+        eprintln!("error: invalid log filter: {e}");
+        return ExitCode::from(2);
+    }
+    match execute(cli) {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(e)) => report(&e),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs the command; the outer error is a failure of the process itself (no runtime).
+fn execute(cli: Cli) -> anyhow::Result<Result<(), CommandError>> {
+    let registry = sluice_connectors::builtin_registry();
+    let mut stdout = std::io::stdout().lock();
+    let result = match cli.command {
+        Command::Validate(args) => {
+            commands::validate::validate(&args.file, &registry, &mut stdout, &mut std::io::stderr())
+        }
+        Command::Connectors { command } => match command {
+            ConnectorsCommand::List => commands::connectors::list(&registry, &mut stdout),
+            ConnectorsCommand::Spec { name, json } => {
+                commands::connectors::spec(&registry, &name, json, &mut stdout)
+            }
+        },
+        Command::Run(args) => {
+            drop(stdout);
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            return Ok(runtime.block_on(commands::run::run(&args, registry)));
+        }
+    };
+    if result.is_ok() {
+        stdout.flush().context("cannot write output")?;
+    }
+    Ok(result)
+}
+
+/// Prints a command's error and returns its exit code.
+fn report(e: &CommandError) -> ExitCode {
+    match e {
+        // A closed stdout (`sluice connectors list | head -1`) is not worth a message.
+        CommandError::Output(io) if io.kind() == std::io::ErrorKind::BrokenPipe => {}
+        CommandError::Config(ConfigError::Invalid(diagnostics)) => {
+            for d in diagnostics {
+                eprintln!("{d}");
+            }
+            let file = diagnostics.first().map(|d| d.file.as_str()).unwrap_or("");
+            eprintln!("error: {file}: {} problem(s) found", diagnostics.len());
+        }
+        other => eprintln!("error: {other}"),
+    }
+    ExitCode::from(e.exit_code())
+}
