@@ -64,7 +64,9 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// What happened to the data a record describes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Operation {
     /// A new entity.
@@ -246,7 +248,10 @@ mod tests {
     #[test]
     fn operation_parses_and_rejects() {
         assert_eq!("snapshot".parse::<Operation>(), Ok(Operation::Snapshot));
-        assert!("upsert".parse::<Operation>().unwrap_err().contains("upsert"));
+        assert!("upsert"
+            .parse::<Operation>()
+            .unwrap_err()
+            .contains("upsert"));
     }
 
     #[test]

@@ -65,10 +65,12 @@ impl Registry {
     /// `builtin:file@v0.1.0` all name the built-in `file` plugin.
     pub fn get(&self, name: &str) -> Result<&Arc<dyn Plugin>, RegistryError> {
         let bare = normalize_plugin_name(name);
-        self.plugins.get(bare).ok_or_else(|| RegistryError::Unknown {
-            name: name.to_string(),
-            available: self.plugins.keys().cloned().collect::<Vec<_>>().join(", "),
-        })
+        self.plugins
+            .get(bare)
+            .ok_or_else(|| RegistryError::Unknown {
+                name: name.to_string(),
+                available: self.plugins.keys().cloned().collect::<Vec<_>>().join(", "),
+            })
     }
 
     /// A new source of the named plugin.

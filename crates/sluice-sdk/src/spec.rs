@@ -152,18 +152,39 @@ pub fn validate_settings(
 ) -> Result<Settings, ValidationErrors> {
     let mut violations = Vec::new();
     let mut resolved = Settings::new();
-    for name in settings.keys() {
-        if !params.contains_key(name) && !name.starts_with(SDK_SETTINGS_PREFIX) {
-            let known: Vec<&str> = params.keys().map(String::as_str).collect();
-            violations.push(Violation {
-                parameter: name.clone(),
-                message: format!("unknown parameter (known: {})", known.join(", ")),
-            });
-        } else if name.starts_with(SDK_SETTINGS_PREFIX) {
-            resolved.insert(name.clone(), settings[name].clone());
+    for (name, value) in settings {
+        if params.contains_key(name) {
+            continue;
+        }
+        if name.starts_with(SDK_SETTINGS_PREFIX) {
+            resolved.insert(name.clone(), value.clone());
+            continue;
+        }
+        // A `*` in a parameter name stands for any non-empty text (e.g. `format.options.*`).
+        let wildcard = params
+            .iter()
+            .find(|(pattern, _)| pattern.contains('*') && wildcard_match(pattern, name));
+        match wildcard {
+            Some((_, param)) => {
+                let before = violations.len();
+                check_type(name, param.kind, value, &mut violations);
+                if violations.len() == before {
+                    for rule in &param.validations {
+                        check_rule(name, rule, value, &mut violations);
+                    }
+                }
+                resolved.insert(name.clone(), value.clone());
+            }
+            None => {
+                let known: Vec<&str> = params.keys().map(String::as_str).collect();
+                violations.push(Violation {
+                    parameter: name.clone(),
+                    message: format!("unknown parameter (known: {})", known.join(", ")),
+                });
+            }
         }
     }
-    for (name, param) in params {
+    for (name, param) in params.iter().filter(|(n, _)| !n.contains('*')) {
         let value = settings
             .get(name)
             .filter(|v| !v.is_empty())
@@ -191,6 +212,18 @@ pub fn validate_settings(
     } else {
         Err(ValidationErrors(violations))
     }
+}
+
+/// True if `name` matches `pattern`, where each `*` stands for one or more characters.
+pub fn wildcard_match(pattern: &str, name: &str) -> bool {
+    fn go(p: &[u8], n: &[u8]) -> bool {
+        match p.split_first() {
+            None => n.is_empty(),
+            Some((b'*', rest)) => (1..=n.len()).any(|i| go(rest, &n[i..])),
+            Some((c, rest)) => n.first() == Some(c) && go(rest, &n[1..]),
+        }
+    }
+    go(pattern.as_bytes(), name.as_bytes())
 }
 
 fn check_type(name: &str, kind: ParameterType, value: &str, out: &mut Vec<Violation>) {
@@ -306,7 +339,9 @@ impl<'a> Config<'a> {
 
     /// A boolean value, if set.
     pub fn bool(&self, name: &str) -> Result<Option<bool>, ValidationErrors> {
-        self.parse(name, |v| parse_bool(v).ok_or_else(|| "not a boolean".into()))
+        self.parse(name, |v| {
+            parse_bool(v).ok_or_else(|| "not a boolean".into())
+        })
     }
 
     /// A duration value, if set.
@@ -359,11 +394,13 @@ mod tests {
         );
         p.insert(
             "name".into(),
-            Parameter::new(ParameterType::String, "name").validate(Validation::Regex("^[a-z]+$".into())),
+            Parameter::new(ParameterType::String, "name")
+                .validate(Validation::Regex("^[a-z]+$".into())),
         );
         p.insert(
             "delay".into(),
-            Parameter::new(ParameterType::Duration, "d").validate(Validation::Exclusion(vec!["0s".into()])),
+            Parameter::new(ParameterType::Duration, "d")
+                .validate(Validation::Exclusion(vec!["0s".into()])),
         );
         p
     }
@@ -404,8 +441,35 @@ mod tests {
         s.insert("delay".into(), "soon".into());
         let err = validate_settings(&params(), &s).expect_err("invalid");
         assert_eq!(err.0.len(), 2, "{err}");
-        assert!(err.to_string().contains("\"count\": \"ten\" is not an integer"));
+        assert!(err
+            .to_string()
+            .contains("\"count\": \"ten\" is not an integer"));
         assert!(err.to_string().contains("\"delay\""));
+    }
+
+    #[test]
+    fn wildcard_parameters_accept_matching_names_and_check_them() {
+        let mut p = BTreeMap::new();
+        p.insert(
+            "format.options.*".into(),
+            Parameter::new(ParameterType::String, "field")
+                .validate(Validation::Inclusion(vec!["int".into(), "string".into()])),
+        );
+        p.insert(
+            "collections.*.format.type".into(),
+            Parameter::new(ParameterType::String, "type"),
+        );
+        let mut s = Settings::new();
+        s.insert("format.options.id".into(), "int".into());
+        s.insert("collections.users.format.type".into(), "raw".into());
+        let out = validate_settings(&p, &s).expect("valid");
+        assert_eq!(out["format.options.id"], "int");
+        s.insert("format.options.name".into(), "blob".into());
+        s.insert("format.options.".into(), "int".into());
+        let err = validate_settings(&p, &s).expect_err("invalid");
+        assert_eq!(err.0.len(), 2, "{err}");
+        assert!(wildcard_match("a.*.b.*", "a.x.b.y"));
+        assert!(!wildcard_match("a.*.b", "a..b"));
     }
 
     #[test]

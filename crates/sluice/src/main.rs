@@ -41,6 +41,13 @@ fn execute(cli: Cli) -> anyhow::Result<Result<(), CommandError>> {
                 commands::connectors::spec(&registry, &name, json, &mut stdout)
             }
         },
+        Command::Bench(args) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            runtime.block_on(commands::bench::bench(&args, registry, &mut stdout))
+        }
         Command::Run(args) => {
             drop(stdout);
             let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -1,5 +1,6 @@
-//! The subcommands: `run`, `validate` and `connectors`.
+//! The subcommands: `run`, `validate`, `connectors` and `bench`.
 
+pub mod bench;
 pub mod connectors;
 pub mod run;
 pub mod validate;

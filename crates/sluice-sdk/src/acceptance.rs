@@ -1,1 +1,0 @@
-//! The acceptance kit every connector passes.
