@@ -63,7 +63,7 @@ pub struct PipelineDoc {
     #[serde(default)]
     pub processors: Option<Vec<ProcessorDoc>>,
     /// Dead-letter queue.
-    #[serde(default, rename = "dead-letter-queue")]
+    #[serde(default, rename = "dead-letter-queue", alias = "dlq")]
     pub dead_letter_queue: Option<DlqDoc>,
 }
 

@@ -138,11 +138,12 @@ fn unknown_keys_are_errors_with_line_and_column() {
 }
 
 #[test]
-fn the_old_dlq_spelling_is_an_unknown_key() {
-    let text = "pipelines:\n  - id: p\n    dlq:\n      plugin: log\n";
-    let errs = errors(text);
-    assert!(errs[0].starts_with("p.yaml:3:5: "), "{}", errs[0]);
-    assert!(errs[0].contains("dlq"), "{}", errs[0]);
+fn the_short_dlq_spelling_is_accepted_as_the_dead_letter_queue() {
+    let text = "version: 2.2\npipelines:\n  - id: p\n    status: running\n    connectors:\n      - id: s\n        type: source\n        plugin: generator\n      - id: d\n        type: destination\n        plugin: log\n    dlq:\n      plugin: builtin:file\n      settings:\n        path: ./dlq.txt\n      window-size: 3\n";
+    let file = load(text).expect("valid");
+    let c = &file.pipelines[0].config;
+    assert_eq!(c.dlq.plugin, "builtin:file");
+    assert_eq!(c.dlq.window_size, 3);
 }
 
 #[test]
