@@ -9,10 +9,15 @@ pub mod conformance;
 pub mod error;
 pub mod etag;
 pub mod memory;
+pub mod query;
 pub mod redb_store;
 pub mod store;
 
 pub use error::StateError;
 pub use memory::MemoryStore;
 pub use redb_store::RedbStore;
-pub use store::{Concurrency, DeleteRequest, Features, Item, SetRequest, Store};
+pub use query::{Filter, Query, QueryResponse, QueryResult, Sort};
+pub use store::{
+    Concurrency, Consistency, DeleteRequest, Features, Item, KeyPage, Page, SetRequest, Store,
+    TxOperation, DEFAULT_PAGE_LIMIT,
+};

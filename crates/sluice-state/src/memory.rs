@@ -43,6 +43,7 @@ impl Store for MemoryStore {
         Features {
             etag: true,
             durable: false,
+            ..Features::default()
         }
     }
 
@@ -51,6 +52,7 @@ impl Store for MemoryStore {
         Ok(self.lock().items.get(key).map(|(v, ver)| Item {
             value: v.clone(),
             etag: ver.to_string(),
+            expires_at: None,
         }))
     }
 

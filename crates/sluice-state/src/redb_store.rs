@@ -127,6 +127,7 @@ impl Store for RedbStore {
         Features {
             etag: true,
             durable: true,
+            ..Features::default()
         }
     }
 
@@ -222,6 +223,7 @@ fn read_item(db: &Database, path: &Path, key: &str) -> Result<Option<Item>, Stat
     Ok(Some(Item {
         value: Bytes::copy_from_slice(value),
         etag: version.to_string(),
+        expires_at: None,
     }))
 }
 
