@@ -17,6 +17,19 @@ pub mod file;
 pub mod generator;
 pub mod log;
 
+#[cfg(feature = "amqp")]
+pub mod amqp;
+#[cfg(feature = "http")]
+pub mod http;
+#[cfg(feature = "mqtt")]
+pub mod mqtt;
+#[cfg(feature = "nats")]
+pub mod nats;
+#[cfg(feature = "postgres")]
+pub mod postgres;
+#[cfg(feature = "redis")]
+pub mod redis_streams;
+
 /// A registry holding every built-in connector.
 pub fn builtin_registry() -> Registry {
     let mut r = Registry::new();
@@ -24,5 +37,17 @@ pub fn builtin_registry() -> Registry {
     r.register(Arc::new(file::FilePlugin));
     r.register(Arc::new(log::LogPlugin));
     r.register(Arc::new(blackhole::BlackholePlugin));
+    #[cfg(feature = "amqp")]
+    amqp::register(&mut r);
+    #[cfg(feature = "http")]
+    http::register(&mut r);
+    #[cfg(feature = "mqtt")]
+    mqtt::register(&mut r);
+    #[cfg(feature = "nats")]
+    nats::register(&mut r);
+    #[cfg(feature = "postgres")]
+    postgres::register(&mut r);
+    #[cfg(feature = "redis")]
+    redis_streams::register(&mut r);
     r
 }
