@@ -166,13 +166,7 @@ pub fn validate_settings(
             .find(|(pattern, _)| pattern.contains('*') && wildcard_match(pattern, name));
         match wildcard {
             Some((_, param)) => {
-                let before = violations.len();
-                check_type(name, param.kind, value, &mut violations);
-                if violations.len() == before {
-                    for rule in &param.validations {
-                        check_rule(name, rule, value, &mut violations);
-                    }
-                }
+                check_value(name, param, value, &mut violations);
                 resolved.insert(name.clone(), value.clone());
             }
             None => {
@@ -198,19 +192,24 @@ pub fn validate_settings(
             }
             continue;
         };
-        let before = violations.len();
-        check_type(name, param.kind, value, &mut violations);
-        if violations.len() == before {
-            for rule in &param.validations {
-                check_rule(name, rule, value, &mut violations);
-            }
-        }
+        check_value(name, param, value, &mut violations);
         resolved.insert(name.clone(), value.clone());
     }
     if violations.is_empty() {
         Ok(resolved)
     } else {
         Err(ValidationErrors(violations))
+    }
+}
+
+/// Checks one value's type and, if the type is right, every rule of its parameter.
+fn check_value(name: &str, param: &Parameter, value: &str, out: &mut Vec<Violation>) {
+    let before = out.len();
+    check_type(name, param.kind, value, out);
+    if out.len() == before {
+        for rule in &param.validations {
+            check_rule(name, rule, value, out);
+        }
     }
 }
 
