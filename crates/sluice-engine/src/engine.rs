@@ -11,11 +11,11 @@ use sluice_state::Store;
 use tokio::task::JoinHandle;
 
 use crate::checkpoint::{ConnectorRecord, PipelineState as StoredState};
-use crate::config::{ConnectorConfig, PipelineConfig};
+use crate::config::{ConnectorConfig, PipelineConfig, ProcessorConfig};
 use crate::error::{ConfigProblem, EngineError};
 use crate::metrics::{MetricsSnapshot, PipelineMetrics, PipelineState};
 use crate::nack_window::NackWindow;
-use crate::runtime::{self, DeadLetter, Shared, Signals};
+use crate::runtime::{self, Chain, DeadLetter, Shared, Signals};
 
 /// Runs pipelines with connectors from a registry and state in a store.
 #[derive(Clone)]
@@ -97,20 +97,82 @@ impl Engine {
         };
         self.check_connector(&dlq, Side::Destination, &mut problems);
         for proc in &p.processors {
-            problems.push(ConfigProblem {
-                connector: proc.id.clone(),
-                parameter: None,
-                message: format!(
-                    "processor plugin {:?} is not available (this build of Sluice has no processors yet)",
-                    proc.plugin
-                ),
-            });
+            if !ids.insert(proc.id.as_str()) {
+                problems.push(pipeline_problem(format!(
+                    "duplicate processor id {:?}",
+                    proc.id
+                )));
+            }
+            self.check_processor(proc, &mut problems);
         }
         if problems.is_empty() {
             Ok(())
         } else {
             Err(problems)
         }
+    }
+
+    fn check_processor(&self, proc: &ProcessorConfig, problems: &mut Vec<ConfigProblem>) {
+        let problem = |parameter: Option<String>, message: String| ConfigProblem {
+            connector: proc.id.clone(),
+            parameter,
+            message,
+        };
+        if proc
+            .condition
+            .as_deref()
+            .is_some_and(|c| !c.trim().is_empty())
+        {
+            problems.push(problem(
+                None,
+                "processor conditions are not supported yet: remove `condition` or filter inside the processor".into(),
+            ));
+        }
+        match self.registry.processor(&proc.plugin) {
+            Err(e) => problems.push(problem(None, e.to_string())),
+            Ok(plugin) => {
+                if let Err(errs) =
+                    validate_settings(&plugin.specification().parameters, &proc.settings)
+                {
+                    problems.extend(
+                        errs.0
+                            .into_iter()
+                            .map(|v| problem(Some(v.parameter), v.message)),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Configures and opens the processor chain, in order.
+    async fn processors(&self, p: &PipelineConfig) -> Result<Chain, EngineError> {
+        let mut chain = Vec::with_capacity(p.processors.len());
+        for proc in &p.processors {
+            let err = |action: &'static str| {
+                let pipeline = p.id.clone();
+                let connector = proc.id.clone();
+                move |source| EngineError::Connector {
+                    pipeline,
+                    connector,
+                    action,
+                    source: Box::new(source),
+                }
+            };
+            let plugin = self
+                .registry
+                .processor(&proc.plugin)
+                .map_err(|e| invalid(&p.id, &proc.id, e.to_string()))?;
+            let settings = validate_settings(&plugin.specification().parameters, &proc.settings)
+                .map_err(|e| invalid(&p.id, &proc.id, e.to_string()))?;
+            let mut processor = plugin.new_processor();
+            processor
+                .configure(&settings)
+                .await
+                .map_err(err("configure"))?;
+            processor.open().await.map_err(err("open"))?;
+            chain.push((proc.id.clone(), processor));
+        }
+        Ok(chain)
     }
 
     fn params(
@@ -304,6 +366,8 @@ impl Engine {
             .await
             .map_err(conn_err("dlq", "configure"))?;
 
+        let processors = self.processors(&p).await?;
+
         // Open everything, source last, at its checkpoint.
         dlq.open().await.map_err(conn_err("dlq", "open"))?;
         for (d, cfg) in destinations.iter_mut().zip(&p.destinations) {
@@ -343,7 +407,7 @@ impl Engine {
         };
         let task_metrics = metrics.clone();
         let join = tokio::spawn(async move {
-            let result = runtime::run(shared, source, destinations, dead_letter).await;
+            let result = runtime::run(shared, source, processors, destinations, dead_letter).await;
             task_metrics.set_state(match result {
                 Ok(()) => PipelineState::Stopped,
                 Err(_) => PipelineState::Failed,

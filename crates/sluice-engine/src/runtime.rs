@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sluice_sdk::{ConnectorError, Destination, Position, Record, Source};
+use sluice_sdk::{ConnectorError, Destination, Position, Processed, Processor, Record, Source};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -38,8 +38,13 @@ struct Batch {
     seq: u64,
     positions: Vec<Position>,
     records: Arc<Vec<Record>>,
+    /// Records a processor rejected: (record, processor id, reason).
+    failed: Vec<(Record, String, String)>,
     permit: OwnedSemaphorePermit,
 }
+
+/// The processor chain, each with its id.
+pub(crate) type Chain = Vec<(String, Box<dyn Processor>)>;
 
 /// A settled batch on its way to the checkpoint and the source's ack.
 struct Completed {
@@ -105,6 +110,7 @@ pub(crate) struct DeadLetter {
 pub(crate) async fn run(
     shared: Arc<Shared>,
     source: Box<dyn Source>,
+    processors: Chain,
     destinations: Vec<Box<dyn Destination>>,
     dlq: DeadLetter,
 ) -> Result<(), EngineError> {
@@ -140,6 +146,7 @@ pub(crate) async fn run(
     tasks.spawn(source_task(
         shared.clone(),
         source,
+        processors,
         semaphore,
         batch_tx,
         record_txs,
@@ -179,6 +186,7 @@ async fn send<T>(tx: &mpsc::Sender<T>, value: T, halt: &CancellationToken) -> bo
 async fn source_task(
     shared: Arc<Shared>,
     mut source: Box<dyn Source>,
+    mut processors: Chain,
     semaphore: Arc<Semaphore>,
     batch_tx: mpsc::Sender<Batch>,
     record_txs: Vec<mpsc::Sender<(u64, Arc<Vec<Record>>)>>,
@@ -226,11 +234,21 @@ async fn source_task(
         m.records_in.fetch_add(records.len() as u64, Relaxed);
         m.bytes_in.fetch_add(bytes as u64, Relaxed);
         let positions: Vec<Position> = records.iter().map(|r| r.position.clone()).collect();
+        let (records, failed) = if processors.is_empty() {
+            (records, Vec::new())
+        } else {
+            tokio::select! {
+                biased;
+                _ = halt.cancelled() => return Ok(()),
+                r = run_chain(&shared, &mut processors, records) => r?,
+            }
+        };
         let records = Arc::new(records);
         let batch = Batch {
             seq,
             positions,
             records: records.clone(),
+            failed,
             permit,
         };
         if !send(&batch_tx, batch, halt).await {
@@ -267,7 +285,48 @@ async fn source_task(
     source
         .teardown()
         .await
-        .map_err(|e| shared.connector_error(id, "teardown", e))
+        .map_err(|e| shared.connector_error(id, "teardown", e))?;
+    for (pid, p) in &mut processors {
+        p.teardown()
+            .await
+            .map_err(|e| shared.connector_error(pid, "teardown", e))?;
+    }
+    Ok(())
+}
+
+/// Runs a batch through the processor chain: what passes, and what a processor rejected.
+async fn run_chain(
+    shared: &Shared,
+    chain: &mut Chain,
+    mut records: Vec<Record>,
+) -> Result<(Vec<Record>, Vec<(Record, String, String)>), EngineError> {
+    let mut failed = Vec::new();
+    for (id, processor) in chain.iter_mut() {
+        if records.is_empty() {
+            break;
+        }
+        let n = records.len();
+        let inputs = records.clone();
+        let outcomes = processor
+            .process(records)
+            .await
+            .map_err(|e| shared.connector_error(id, "process", e))?;
+        if outcomes.len() != n {
+            return Err(shared.internal(format!(
+                "processor {id:?} returned {} outcomes for {n} records",
+                outcomes.len()
+            )));
+        }
+        records = Vec::with_capacity(n);
+        for (outcome, input) in outcomes.into_iter().zip(inputs) {
+            match outcome {
+                Processed::Keep(r) => records.push(r),
+                Processed::Filtered => {}
+                Processed::Failed(reason) => failed.push((input, id.clone(), reason)),
+            }
+        }
+    }
+    Ok((records, failed))
 }
 
 /// Acknowledges checkpointed batches to the source, in order.
@@ -505,6 +564,9 @@ async fn complete(
     dlq: &mut DeadLetter,
 ) -> Result<Completed, EngineError> {
     let Tracked { batch, mut nacks } = t;
+    for (record, processor, reason) in &batch.failed {
+        nack(shared, dlq, record, processor, reason).await?;
+    }
     let len = batch.records.len();
     if !nacks.is_empty() {
         nacks.sort_by_key(|(idx, _, _)| *idx);
@@ -513,22 +575,10 @@ async fn complete(
         for (idx, dest, reason) in nacks {
             dlq.window.acks(idx.saturating_sub(next) as u64);
             next = idx + 1;
-            shared.metrics.nacked.fetch_add(1, Relaxed);
-            let connector = shared.destination_ids[dest].clone();
             let record = batch.records.get(idx).ok_or_else(|| {
                 shared.internal(format!("nack of record {idx} in a batch of {len}"))
             })?;
-            if !dlq.window.nack() {
-                return Err(EngineError::NackThreshold {
-                    pipeline: shared.pipeline.clone(),
-                    connector,
-                    position: record.position.to_string(),
-                    reason,
-                    threshold: dlq.threshold,
-                    window: dlq.window_size,
-                });
-            }
-            dead_letter(shared, dlq, record, &connector, &reason).await?;
+            nack(shared, dlq, record, &shared.destination_ids[dest], &reason).await?;
         }
         dlq.window.acks(len.saturating_sub(next) as u64);
     } else {
@@ -538,6 +588,28 @@ async fn complete(
         positions: batch.positions,
         _permit: batch.permit,
     })
+}
+
+/// Counts a nack in the window; stops the pipeline past the threshold, else dead-letters the record.
+async fn nack(
+    shared: &Shared,
+    dlq: &mut DeadLetter,
+    record: &Record,
+    connector: &str,
+    reason: &str,
+) -> Result<(), EngineError> {
+    shared.metrics.nacked.fetch_add(1, Relaxed);
+    if !dlq.window.nack() {
+        return Err(EngineError::NackThreshold {
+            pipeline: shared.pipeline.clone(),
+            connector: connector.to_string(),
+            position: record.position.to_string(),
+            reason: reason.to_string(),
+            threshold: dlq.threshold,
+            window: dlq.window_size,
+        });
+    }
+    dead_letter(shared, dlq, record, connector, reason).await
 }
 
 /// Writes one nacked record to the dead-letter destination and waits until it is settled there.

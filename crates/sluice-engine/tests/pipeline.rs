@@ -29,6 +29,7 @@ fn fixture() -> Fixture {
         journal: journal.clone(),
         store: store.clone(),
     }));
+    registry.register_processor(Arc::new(support::MockProcessorPlugin));
     let engine = Engine::new(registry, store.clone());
     Fixture {
         journal,
@@ -367,4 +368,72 @@ async fn invalid_pipelines_report_every_problem() {
     let err = f.engine.start(p).await.err().expect("start refuses");
     assert!(matches!(err, EngineError::Invalid { .. }));
     assert!(f.journal.events().is_empty(), "nothing was configured");
+}
+
+fn processor(settings_: &[(&str, &str)]) -> ProcessorConfig {
+    ProcessorConfig {
+        id: "proc".into(),
+        plugin: "builtin:mockproc".into(),
+        settings: settings(settings_),
+        condition: None,
+        workers: None,
+    }
+}
+
+#[tokio::test]
+async fn processors_filter_and_reject_records_and_everything_is_still_acked() {
+    let f = fixture();
+    let mut p = pipeline(100, vec![dest("a", &[])]);
+    p.processors
+        .push(processor(&[("filter-every", "10"), ("fail-every", "7")]));
+    p.dlq.window_size = 0;
+    let summary = f
+        .engine
+        .start(p)
+        .await
+        .expect("start")
+        .wait()
+        .await
+        .expect("ends cleanly");
+    let kept: Vec<u64> = (1..=100).filter(|n| n % 10 != 0 && n % 7 != 0).collect();
+    let rejected: Vec<u64> = (1..=100).filter(|n| n % 10 != 0 && n % 7 == 0).collect();
+    assert_eq!(f.journal.written("a"), kept);
+    assert_eq!(f.journal.written("dlq"), rejected);
+    assert_eq!(f.journal.acked(), range(1, 100));
+    assert_eq!(checkpoint(&f.store).await, Some(100));
+    assert_eq!(summary.metrics.nacked, rejected.len() as u64);
+}
+
+#[tokio::test]
+async fn a_processor_rejection_stops_the_pipeline_under_the_default_window() {
+    let f = fixture();
+    let mut p = pipeline(100, vec![dest("a", &[])]);
+    p.processors.push(processor(&[("fail-every", "30")]));
+    let err = f
+        .engine
+        .start(p)
+        .await
+        .expect("start")
+        .wait()
+        .await
+        .expect_err("stops");
+    assert!(
+        matches!(&err, EngineError::NackThreshold { connector, position, .. } if connector == "proc" && position == "30"),
+        "{err}"
+    );
+    assert!(checkpoint(&f.store).await.unwrap_or(0) < 30);
+}
+
+#[tokio::test]
+async fn processor_problems_are_reported_before_anything_runs() {
+    let f = fixture();
+    let mut p = pipeline(10, vec![dest("a", &[])]);
+    let mut bad = processor(&[("fail-every", "often")]);
+    bad.condition = Some("{{ eq .Operation \"create\" }}".into());
+    p.processors.push(bad);
+    let problems = f.engine.validate(&p).expect_err("invalid");
+    let joined: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    let joined = joined.join("\n");
+    assert!(joined.contains("\"fail-every\""), "{joined}");
+    assert!(joined.contains("conditions are not supported"), "{joined}");
 }

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::connector::{Destination, Source};
+use crate::processor::ProcessorPlugin;
 use crate::spec::Specification;
 
 /// A connector plugin: its specification and factories for its source and destination sides.
@@ -29,6 +30,14 @@ pub enum RegistryError {
         /// The registered names, comma separated.
         available: String,
     },
+    /// No processor plugin with that name is registered.
+    #[error("processor plugin {name:?} is not available (available: {available})")]
+    UnknownProcessor {
+        /// The name asked for.
+        name: String,
+        /// The registered processor names, comma separated (or "none").
+        available: String,
+    },
     /// The plugin exists but has no source (or destination) side.
     #[error("connector plugin {name:?} cannot be used as a {side}")]
     WrongSide {
@@ -39,10 +48,11 @@ pub enum RegistryError {
     },
 }
 
-/// Registered plugins by name.
+/// Registered connector and processor plugins by name.
 #[derive(Default, Clone)]
 pub struct Registry {
     plugins: BTreeMap<String, Arc<dyn Plugin>>,
+    processors: BTreeMap<String, Arc<dyn ProcessorPlugin>>,
 }
 
 impl Registry {
@@ -54,6 +64,29 @@ impl Registry {
     /// Registers a plugin under its specification's name (replacing one of the same name).
     pub fn register(&mut self, plugin: Arc<dyn Plugin>) {
         self.plugins.insert(plugin.specification().name, plugin);
+    }
+
+    /// Registers a processor plugin under its specification's name.
+    pub fn register_processor(&mut self, plugin: Arc<dyn ProcessorPlugin>) {
+        self.processors.insert(plugin.specification().name, plugin);
+    }
+
+    /// The processor plugin for a name (`builtin:` prefix and `@version` suffix allowed).
+    pub fn processor(&self, name: &str) -> Result<&Arc<dyn ProcessorPlugin>, RegistryError> {
+        self.processors
+            .get(normalize_plugin_name(name))
+            .ok_or_else(|| RegistryError::UnknownProcessor {
+                name: name.to_string(),
+                available: if self.processors.is_empty() {
+                    "none".to_string()
+                } else {
+                    self.processors
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                },
+            })
     }
 
     /// Every registered specification, by name.

@@ -276,3 +276,72 @@ impl Plugin for MockPlugin {
         }))
     }
 }
+
+/// A processor that drops every `filter-every`th record and rejects every `fail-every`th one,
+/// and tags the rest with metadata `processed=yes`.
+pub struct MockProcessor {
+    filter_every: u64,
+    fail_every: u64,
+}
+
+#[async_trait]
+impl sluice_sdk::Processor for MockProcessor {
+    async fn configure(&mut self, settings: &Settings) -> Result<()> {
+        self.filter_every = settings
+            .get("filter-every")
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        self.fail_every = settings
+            .get("fail-every")
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        Ok(())
+    }
+    async fn process(&mut self, records: Vec<Record>) -> Result<Vec<sluice_sdk::Processed>> {
+        Ok(records
+            .into_iter()
+            .map(|mut r| {
+                let n = payload_number(&r);
+                if self.filter_every != 0 && n % self.filter_every == 0 {
+                    sluice_sdk::Processed::Filtered
+                } else if self.fail_every != 0 && n % self.fail_every == 0 {
+                    sluice_sdk::Processed::Failed(format!("record {n} rejected"))
+                } else {
+                    r.metadata.insert("processed".into(), "yes".into());
+                    sluice_sdk::Processed::Keep(r)
+                }
+            })
+            .collect())
+    }
+}
+
+/// The `mockproc` processor plugin.
+pub struct MockProcessorPlugin;
+
+impl sluice_sdk::ProcessorPlugin for MockProcessorPlugin {
+    fn specification(&self) -> sluice_sdk::ProcessorSpecification {
+        let mut parameters = BTreeMap::new();
+        parameters.insert(
+            "filter-every".into(),
+            Parameter::new(ParameterType::Int, "drop every n"),
+        );
+        parameters.insert(
+            "fail-every".into(),
+            Parameter::new(ParameterType::Int, "reject every n"),
+        );
+        sluice_sdk::ProcessorSpecification {
+            name: "mockproc".into(),
+            summary: "test double".into(),
+            description: "test double".into(),
+            version: "v0.0.1".into(),
+            author: "tests".into(),
+            parameters,
+        }
+    }
+    fn new_processor(&self) -> Box<dyn sluice_sdk::Processor> {
+        Box::new(MockProcessor {
+            filter_every: 0,
+            fail_every: 0,
+        })
+    }
+}
