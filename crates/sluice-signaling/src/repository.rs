@@ -1,0 +1,149 @@
+//! Data flows in a state store: atomic check-and-create, optimistic updates, and the side effects
+//! (outbox entries, tokens) committed in the same transaction as the flow.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use sluice_state::{Concurrency, Page, SetRequest, StateError, Store, TxOperation};
+
+use crate::error::SignalingError;
+use crate::flow::DataFlow;
+
+/// Where flows live in a store.
+#[derive(Clone)]
+pub struct FlowRepository {
+    store: Arc<dyn Store>,
+}
+
+/// What [`FlowRepository::create`] found.
+#[derive(Debug)]
+pub enum Created {
+    /// The flow is new and stored.
+    New,
+    /// A flow for the same process already existed (returned with its ETag).
+    Existing(DataFlow, String),
+}
+
+const FLOWS: &str = "sluice/flows/";
+const PROCESSES: &str = "sluice/processes/";
+
+/// Store key of a flow.
+pub fn flow_key(id: &str) -> String {
+    format!("{FLOWS}{id}")
+}
+
+fn process_key(process_id: &str) -> String {
+    format!("{PROCESSES}{process_id}")
+}
+
+impl FlowRepository {
+    /// Flows kept in `store`.
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        FlowRepository { store }
+    }
+
+    /// The underlying store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Stores a new flow unless its process already has one — atomically, so two concurrent
+    /// creates for one process end with exactly one flow. `extra` commits in the same transaction.
+    pub async fn create(
+        &self,
+        flow: &DataFlow,
+        extra: Vec<TxOperation>,
+    ) -> Result<Created, SignalingError> {
+        let mut ops = vec![
+            TxOperation::Upsert(
+                SetRequest::new(process_key(&flow.process_id), flow.id.clone())
+                    .with_concurrency(Concurrency::FirstWrite),
+            ),
+            TxOperation::Upsert(
+                SetRequest::new(flow_key(&flow.id), encode(flow)?)
+                    .with_concurrency(Concurrency::FirstWrite),
+            ),
+        ];
+        ops.extend(extra);
+        match self.store.multi(ops).await {
+            Ok(()) => Ok(Created::New),
+            Err(StateError::TransactionAborted {
+                index: 0, source, ..
+            }) if matches!(*source, StateError::EtagMismatch { .. }) => {
+                match self.by_process(&flow.process_id).await? {
+                    Some((existing, etag)) => Ok(Created::Existing(existing, etag)),
+                    None => Err(SignalingError::Internal(format!(
+                        "process {} is claimed but its flow is missing",
+                        flow.process_id
+                    ))),
+                }
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The flow with this id and its ETag.
+    pub async fn get(&self, id: &str) -> Result<Option<(DataFlow, String)>, SignalingError> {
+        let Some(item) = self.store.get(&flow_key(id)).await? else {
+            return Ok(None);
+        };
+        Ok(Some((decode(id, &item.value)?, item.etag)))
+    }
+
+    /// The flow of a control-plane process.
+    pub async fn by_process(
+        &self,
+        process_id: &str,
+    ) -> Result<Option<(DataFlow, String)>, SignalingError> {
+        let Some(item) = self.store.get(&process_key(process_id)).await? else {
+            return Ok(None);
+        };
+        let id = String::from_utf8_lossy(&item.value).to_string();
+        self.get(&id).await
+    }
+
+    /// Replaces a flow if it still has `etag`; `extra` commits in the same transaction.
+    /// A concurrent change is [`SignalingError::Concurrent`]: reload and try again.
+    pub async fn update(
+        &self,
+        flow: &DataFlow,
+        etag: &str,
+        extra: Vec<TxOperation>,
+    ) -> Result<(), SignalingError> {
+        let mut ops = vec![TxOperation::Upsert(
+            SetRequest::new(flow_key(&flow.id), encode(flow)?).with_etag(etag),
+        )];
+        ops.extend(extra);
+        match self.store.multi(ops).await {
+            Ok(()) => Ok(()),
+            Err(StateError::TransactionAborted {
+                index: 0, source, ..
+            }) if matches!(*source, StateError::EtagMismatch { .. }) => {
+                Err(SignalingError::Concurrent(flow.id.clone()))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// One page of flow ids, in id order.
+    pub async fn list(&self, page: Page) -> Result<(Vec<String>, Option<String>), SignalingError> {
+        let p = self.store.keys(&format!("{FLOWS}%"), page).await?;
+        let ids = p
+            .keys
+            .into_iter()
+            .filter_map(|k| k.strip_prefix(FLOWS).map(str::to_string))
+            .collect();
+        Ok((ids, p.next))
+    }
+}
+
+fn encode(flow: &DataFlow) -> Result<Bytes, SignalingError> {
+    serde_json::to_vec(flow)
+        .map(Bytes::from)
+        .map_err(|e| SignalingError::Internal(format!("cannot encode flow {}: {e}", flow.id)))
+}
+
+fn decode(id: &str, bytes: &[u8]) -> Result<DataFlow, SignalingError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| SignalingError::Internal(format!("stored flow {id} is corrupt: {e}")))
+}
