@@ -6,16 +6,16 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use sluice_state::{Page, SetRequest, Store, TxOperation};
+use sluice_state::{DeleteRequest, Page, SetRequest, Store, TxOperation};
 
 use crate::error::SignalingError;
-use crate::flow::{now_ms, DataFlow, Side};
+use crate::flow::{now_ms, DataFlow, IllegalTransition, Side};
 use crate::messages::{
     AddressMessage, DataAddress, FlowStatus, PrepareMessage, ReasonMessage, StartMessage,
     StatusMessage,
 };
 use crate::repository::{Created, FlowRepository};
-use crate::state::FlowState;
+use crate::state::{check, FlowState, Move};
 
 /// How a prepare or start finishes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -149,46 +149,48 @@ pub struct DataPlane {
     hooks: Arc<Hooks>,
 }
 
-/// A callback to the control plane, written to the outbox in the same transaction as the
-/// transition it reports.
+/// A callback to the control plane, kept durably in the outbox until the control plane answered
+/// 2xx; only then is the transition it reports committed (together with the entry's removal).
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct OutboxEntry {
+    /// The flow.
+    pub flow_id: String,
     /// The control plane's base URL.
     pub callback_address: String,
+    /// What to send in `Authorization`, if the control plane registered it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization: Option<String>,
     /// The transfer process id.
     pub process_id: String,
     /// `prepared`, `started`, `completed` or `errored`.
     pub event: String,
+    /// The state the flow moves to once the callback is answered (none for `errored`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transition: Option<FlowState>,
     /// The status message to send.
     pub message: StatusMessage,
+    /// Delivery attempts so far.
+    #[serde(default)]
+    pub attempts: u32,
+}
+
+impl OutboxEntry {
+    /// The URL the callback is POSTed to.
+    pub fn url(&self) -> String {
+        format!(
+            "{}/transfers/{}/dataflow/{}",
+            self.callback_address.trim_end_matches('/'),
+            self.process_id,
+            self.event
+        )
+    }
 }
 
 /// Store key prefix of outbox entries; entries sort by creation time.
 pub const OUTBOX_PREFIX: &str = "sluice/outbox/";
 
 const MAX_RETRIES: usize = 16;
-
-fn outbox_write(flow: &DataFlow, event: &str) -> Option<TxOperation> {
-    let callback_address = flow.callback_address.clone()?;
-    let entry = OutboxEntry {
-        callback_address,
-        process_id: flow.process_id.clone(),
-        event: event.to_string(),
-        message: flow.status(uuid::Uuid::new_v4().to_string()),
-    };
-    let key = format!(
-        "{OUTBOX_PREFIX}{:020}-{}-{}",
-        now_ms(),
-        flow.id,
-        uuid::Uuid::new_v4()
-    );
-    let value = serde_json::to_vec(&entry).ok()?;
-    Some(TxOperation::Upsert(SetRequest::new(
-        key,
-        Bytes::from(value),
-    )))
-}
 
 impl DataPlane {
     /// A builder over `store`.
@@ -298,7 +300,8 @@ impl DataPlane {
         id: &str,
         to: FlowState,
         hook: &Option<Hook>,
-        mut change: impl FnMut(&mut DataFlow) -> Result<Option<&'static str>, SignalingError>,
+        extra: &[TxOperation],
+        mut change: impl FnMut(&mut DataFlow) -> Result<(), SignalingError>,
     ) -> Result<DataFlow, SignalingError> {
         for _ in 0..MAX_RETRIES {
             let (mut flow, etag) = self
@@ -309,15 +312,13 @@ impl DataPlane {
             if !flow.transition(to, now_ms())? {
                 return Ok(flow);
             }
-            let event = change(&mut flow)?;
+            change(&mut flow)?;
             let out = Self::run_hook(hook, &flow).await?;
             if out.issued_address.is_some() {
                 flow.issued_address = out.issued_address;
             }
             let mut writes = out.writes;
-            if let Some(w) = event.and_then(|e| outbox_write(&flow, e)) {
-                writes.push(w);
-            }
+            writes.extend(extra.iter().cloned());
             match self.repo.update(&flow, &etag, writes).await {
                 Ok(()) => return Ok(flow),
                 Err(SignalingError::Concurrent(_)) => continue,
@@ -344,11 +345,11 @@ impl DataPlane {
             }
         }
         let flow = self
-            .update(id, FlowState::Started, &self.hooks.on_started, |f| {
+            .update(id, FlowState::Started, &self.hooks.on_started, &[], |f| {
                 if address.is_some() {
                     f.source_address = address.clone();
                 }
-                Ok(None)
+                Ok(())
             })
             .await?;
         Ok(flow.status(msg.message_id))
@@ -361,9 +362,9 @@ impl DataPlane {
         msg: ReasonMessage,
     ) -> Result<StatusMessage, SignalingError> {
         let flow = self
-            .update(id, FlowState::Suspended, &self.hooks.on_suspend, |f| {
+            .update(id, FlowState::Suspended, &self.hooks.on_suspend, &[], |f| {
                 f.issued_address = None;
-                Ok(None)
+                Ok(())
             })
             .await?;
         Ok(flow.status(msg.message_id))
@@ -377,11 +378,11 @@ impl DataPlane {
     ) -> Result<StatusMessage, SignalingError> {
         let address = msg.data_address.clone();
         let flow = self
-            .update(id, FlowState::Started, &self.hooks.on_resume, |f| {
+            .update(id, FlowState::Started, &self.hooks.on_resume, &[], |f| {
                 if address.is_some() {
                     f.source_address = address.clone();
                 }
-                Ok(None)
+                Ok(())
             })
             .await?;
         Ok(flow.status(msg.message_id))
@@ -395,11 +396,17 @@ impl DataPlane {
     ) -> Result<StatusMessage, SignalingError> {
         let reason = msg.reason.clone();
         let flow = self
-            .update(id, FlowState::Terminated, &self.hooks.on_terminate, |f| {
-                f.issued_address = None;
-                f.error = reason.clone();
-                Ok(None)
-            })
+            .update(
+                id,
+                FlowState::Terminated,
+                &self.hooks.on_terminate,
+                &[],
+                |f| {
+                    f.issued_address = None;
+                    f.error = reason.clone();
+                    Ok(())
+                },
+            )
             .await?;
         Ok(flow.status(msg.message_id))
     }
@@ -407,44 +414,137 @@ impl DataPlane {
     /// The control plane says the flow completed.
     pub async fn completed(&self, id: &str) -> Result<StatusMessage, SignalingError> {
         let flow = self
-            .update(id, FlowState::Completed, &self.hooks.on_complete, |f| {
-                f.issued_address = None;
-                Ok(None)
-            })
+            .update(
+                id,
+                FlowState::Completed,
+                &self.hooks.on_complete,
+                &[],
+                |f| {
+                    f.issued_address = None;
+                    Ok(())
+                },
+            )
             .await?;
         Ok(flow.status(uuid::Uuid::new_v4().to_string()))
     }
 
-    /// The data plane finished an async prepare: PREPARED, and a `prepared` callback.
-    pub async fn finish_prepare(&self, id: &str) -> Result<DataFlow, SignalingError> {
-        self.update(id, FlowState::Prepared, &None, |_| Ok(Some("prepared")))
+    /// The data plane finished an async prepare: a `prepared` callback, then PREPARED.
+    pub async fn finish_prepare(&self, id: &str) -> Result<(), SignalingError> {
+        self.report(id, "prepared", Some(FlowState::Prepared), None)
             .await
     }
 
-    /// The data plane finished an async start: STARTED, and a `started` callback.
-    pub async fn finish_start(&self, id: &str) -> Result<DataFlow, SignalingError> {
-        self.update(id, FlowState::Started, &None, |_| Ok(Some("started")))
+    /// The data plane finished an async start: a `started` callback, then STARTED.
+    pub async fn finish_start(&self, id: &str) -> Result<(), SignalingError> {
+        self.report(id, "started", Some(FlowState::Started), None)
             .await
     }
 
-    /// The data plane finished a finite transfer: COMPLETED, and a `completed` callback.
-    pub async fn finish_transfer(&self, id: &str) -> Result<DataFlow, SignalingError> {
-        self.update(id, FlowState::Completed, &self.hooks.on_complete, |f| {
-            f.issued_address = None;
-            Ok(Some("completed"))
-        })
-        .await
+    /// The data plane finished a finite transfer: a `completed` callback, then COMPLETED.
+    pub async fn finish_transfer(&self, id: &str) -> Result<(), SignalingError> {
+        self.report(id, "completed", Some(FlowState::Completed), None)
+            .await
     }
 
-    /// A transfer failed: TERMINATED with the error, and an `errored` callback.
-    pub async fn fail_transfer(&self, id: &str, error: &str) -> Result<DataFlow, SignalingError> {
-        let error = error.to_string();
-        self.update(id, FlowState::Terminated, &self.hooks.on_terminate, |f| {
-            f.issued_address = None;
-            f.error = Some(error.clone());
-            Ok(Some("errored"))
+    /// A transfer failed: an `errored` callback; the state does not change.
+    pub async fn fail_transfer(&self, id: &str, error: &str) -> Result<(), SignalingError> {
+        self.report(id, "errored", None, Some(error.to_string()))
+            .await
+    }
+
+    /// Reports an event of the data plane's own. With a callback address the event goes to the
+    /// outbox and its transition commits once delivered; without one the transition commits now.
+    async fn report(
+        &self,
+        id: &str,
+        event: &str,
+        to: Option<FlowState>,
+        error: Option<String>,
+    ) -> Result<(), SignalingError> {
+        let (flow, _) = self
+            .repo
+            .get(id)
+            .await?
+            .ok_or_else(|| SignalingError::NotFound(id.to_string()))?;
+        if let Some(to) = to {
+            if check(Some(flow.state), to) == Move::Illegal {
+                return Err(IllegalTransition {
+                    flow: id.to_string(),
+                    from: flow.state,
+                    to,
+                }
+                .into());
+            }
+        }
+        let Some(callback_address) = flow.callback_address.clone() else {
+            if let Some(to) = to {
+                self.apply(id, to, &[]).await?;
+            }
+            return Ok(());
+        };
+        let mut message = flow.status(uuid::Uuid::new_v4().to_string());
+        if let Some(to) = to {
+            message.state = to;
+        }
+        if to.is_some_and(FlowState::is_final) {
+            message.data_address = None;
+        }
+        message.error = error;
+        let entry = OutboxEntry {
+            flow_id: flow.id.clone(),
+            callback_address,
+            authorization: flow.callback_authorization.clone(),
+            process_id: flow.process_id.clone(),
+            event: event.to_string(),
+            transition: to,
+            message,
+            attempts: 0,
+        };
+        let key = format!("{OUTBOX_PREFIX}{:020}-{}", now_ms(), uuid::Uuid::new_v4());
+        let value = serde_json::to_vec(&entry)
+            .map_err(|e| SignalingError::Internal(format!("cannot encode callback: {e}")))?;
+        self.repo
+            .store()
+            .set(SetRequest::new(key, Bytes::from(value)))
+            .await?;
+        Ok(())
+    }
+
+    /// Applies a reported transition (after its callback was answered), with `extra` writes.
+    async fn apply(
+        &self,
+        id: &str,
+        to: FlowState,
+        extra: &[TxOperation],
+    ) -> Result<(), SignalingError> {
+        let hook = match to {
+            FlowState::Completed => &self.hooks.on_complete,
+            FlowState::Terminated => &self.hooks.on_terminate,
+            _ => &None,
+        };
+        self.update(id, to, hook, extra, |f| {
+            if f.state.is_final() {
+                f.issued_address = None;
+            }
+            Ok(())
         })
         .await
+        .map(|_| ())
+    }
+
+    /// Records that an outbox entry was delivered: applies its transition and removes it, in one
+    /// transaction. A transition that is no longer legal (the flow moved on) only removes it.
+    pub async fn delivered(&self, key: &str, entry: &OutboxEntry) -> Result<(), SignalingError> {
+        let remove = [TxOperation::Delete(DeleteRequest::new(key))];
+        if let Some(to) = entry.transition {
+            match self.apply(&entry.flow_id, to, &remove).await {
+                Ok(()) => return Ok(()),
+                Err(SignalingError::IllegalTransition(_) | SignalingError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.repo.store().delete(DeleteRequest::new(key)).await?;
+        Ok(())
     }
 
     /// A flow's state.

@@ -43,6 +43,9 @@ pub struct DataFlow {
     /// Where callbacks go (RC2 `callbackAddress` or the registered control plane's endpoint).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub callback_address: Option<String>,
+    /// What to send in `Authorization` on callbacks (from the control plane's registration).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_authorization: Option<String>,
     /// The counter-party's claims.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub claims: Option<Map<String, Value>>,
@@ -110,6 +113,7 @@ impl DataFlow {
             agreement_id: msg.agreement_id.clone(),
             dataset_id: msg.dataset_id.clone(),
             callback_address: msg.callback_address.clone(),
+            callback_authorization: msg.callback_authorization.clone(),
             claims: msg.claims.clone(),
             metadata: msg.metadata.clone(),
             labels: msg.labels.clone(),

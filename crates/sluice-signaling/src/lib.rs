@@ -12,7 +12,9 @@
 pub mod dataplane;
 pub mod error;
 pub mod flow;
+pub mod http;
 pub mod messages;
+pub mod outbox;
 pub mod repository;
 pub mod state;
 

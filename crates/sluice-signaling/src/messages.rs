@@ -135,6 +135,10 @@ pub struct FlowMessage {
     /// RC2: the control plane's base URL for callbacks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub callback_address: Option<String>,
+    /// What to send in `Authorization` on callbacks; filled in by the HTTP layer from the caller's
+    /// registration, never read from the message.
+    #[serde(skip)]
+    pub callback_authorization: Option<String>,
     /// Claims of the counter-party (required in RC3, optional in RC2).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub claims: Option<Map<String, Value>>,

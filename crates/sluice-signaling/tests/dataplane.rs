@@ -63,7 +63,7 @@ fn stores() -> Vec<(Arc<dyn Store>, Option<tempfile::TempDir>)> {
     ]
 }
 
-async fn outbox(store: &Arc<dyn Store>) -> Vec<OutboxEntry> {
+async fn outbox(store: &Arc<dyn Store>) -> Vec<(String, OutboxEntry)> {
     let page = store
         .keys(&format!("{OUTBOX_PREFIX}%"), Page::default())
         .await
@@ -71,7 +71,7 @@ async fn outbox(store: &Arc<dyn Store>) -> Vec<OutboxEntry> {
     let mut out = Vec::new();
     for k in page.keys {
         let item = store.get(&k).await.expect("get").expect("entry");
-        out.push(serde_json::from_slice(&item.value).expect("entry json"));
+        out.push((k, serde_json::from_slice(&item.value).expect("entry json")));
     }
     out
 }
@@ -210,16 +210,29 @@ async fn async_prepare_finishes_later_with_a_callback_in_the_outbox() {
         assert!(is_async);
         assert_eq!(status.state, FlowState::Preparing);
         assert!(outbox(&store).await.is_empty());
-        let flow = dp
-            .finish_prepare(&status.data_flow_id)
-            .await
-            .expect("finish");
-        assert_eq!(flow.state, FlowState::Prepared);
+        let id = status.data_flow_id.clone();
+        dp.finish_prepare(&id).await.expect("finish");
         let entries = outbox(&store).await;
         assert_eq!(entries.len(), 1);
-        assert_eq!(entries[0].event, "prepared");
-        assert_eq!(entries[0].process_id, "proc-a");
-        assert_eq!(entries[0].message.state, FlowState::Prepared);
+        let (key, entry) = &entries[0];
+        assert_eq!(entry.event, "prepared");
+        assert_eq!(entry.process_id, "proc-a");
+        assert_eq!(entry.message.state, FlowState::Prepared);
+        assert_eq!(
+            entry.url(),
+            "http://127.0.0.1:1/cp/transfers/proc-a/dataflow/prepared"
+        );
+        // The transition commits only once the control plane answered the callback.
+        assert_eq!(
+            dp.status(&id).await.expect("status").state,
+            FlowState::Preparing
+        );
+        dp.delivered(key, entry).await.expect("delivered");
+        assert_eq!(
+            dp.status(&id).await.expect("status").state,
+            FlowState::Prepared
+        );
+        assert!(outbox(&store).await.is_empty());
         // A replay of the creating message still says 202 / PREPARING, as the first answer did.
         let (again, again_async) = dp.prepare(prepare("proc-a", "m1")).await.expect("replay");
         assert!(again_async);
@@ -246,10 +259,35 @@ async fn consumer_pull_gets_the_providers_address_on_started_then_completes() {
         .expect("started");
         let (flow, _) = dp.flows().get(&id).await.expect("get").expect("flow");
         assert_eq!(flow.source_address, Some(addr));
-        let flow = dp.finish_transfer(&id).await.expect("complete");
-        assert_eq!(flow.state, FlowState::Completed);
-        let events: Vec<String> = outbox(&store).await.into_iter().map(|e| e.event).collect();
+        dp.finish_transfer(&id).await.expect("complete");
+        let entries = outbox(&store).await;
+        let events: Vec<&str> = entries.iter().map(|(_, e)| e.event.as_str()).collect();
         assert_eq!(events, vec!["completed"]);
+        dp.delivered(&entries[0].0, &entries[0].1)
+            .await
+            .expect("delivered");
+        assert_eq!(
+            dp.status(&id).await.expect("status").state,
+            FlowState::Completed
+        );
+        // An error report changes no state.
+        let (p2, _) = dp
+            .prepare(prepare("proc-cp2", "m1"))
+            .await
+            .expect("prepare");
+        dp.fail_transfer(&p2.data_flow_id, "disk full")
+            .await
+            .expect("errored");
+        let entries = outbox(&store).await;
+        assert_eq!(entries[0].1.event, "errored");
+        assert_eq!(entries[0].1.message.error.as_deref(), Some("disk full"));
+        dp.delivered(&entries[0].0, &entries[0].1)
+            .await
+            .expect("delivered");
+        assert_eq!(
+            dp.status(&p2.data_flow_id).await.expect("status").state,
+            FlowState::Prepared
+        );
     }
 }
 
