@@ -289,7 +289,7 @@ impl DataPlane {
         flow.created_response = flow.status(message_id.to_string());
         match self.repo.create(&flow, out.writes).await? {
             Created::New => Ok((flow.created_response.clone(), is_async)),
-            Created::Existing(existing, _) => replay(existing, message_id),
+            Created::Existing(existing, _) => replay(*existing, message_id),
         }
     }
 

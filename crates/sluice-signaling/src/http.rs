@@ -140,6 +140,29 @@ fn error_response(status: StatusCode, error: &'static str, message: String) -> R
     (status, Json(ErrorBody { error, message })).into_response()
 }
 
+/// A request refused before it reached the data plane.
+struct Rejection {
+    status: StatusCode,
+    error: &'static str,
+    message: String,
+}
+
+impl Rejection {
+    fn bad_request(message: String) -> Self {
+        Rejection {
+            status: StatusCode::BAD_REQUEST,
+            error: "bad_request",
+            message,
+        }
+    }
+}
+
+impl IntoResponse for Rejection {
+    fn into_response(self) -> Response {
+        error_response(self.status, self.error, self.message)
+    }
+}
+
 impl IntoResponse for SignalingError {
     fn into_response(self) -> Response {
         let status =
@@ -158,37 +181,31 @@ impl IntoResponse for SignalingError {
     }
 }
 
-fn parse<T: DeserializeOwned + Default>(body: &Bytes, allow_empty: bool) -> Result<T, Response> {
+fn parse<T: DeserializeOwned + Default>(body: &Bytes, allow_empty: bool) -> Result<T, Rejection> {
     if body.iter().all(u8::is_ascii_whitespace) {
         if allow_empty {
             return Ok(T::default());
         }
-        return Err(error_response(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
+        return Err(Rejection::bad_request(
             "the request body is empty; a JSON object is required".into(),
         ));
     }
-    serde_json::from_slice(body).map_err(|e| {
-        error_response(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            format!("malformed JSON body: {e}"),
-        )
-    })
+    serde_json::from_slice(body)
+        .map_err(|e| Rejection::bad_request(format!("malformed JSON body: {e}")))
 }
 
-fn check_access(api: &Api, headers: &HeaderMap) -> Result<(), Response> {
+fn check_access(api: &Api, headers: &HeaderMap) -> Result<(), Rejection> {
     let access = api.access.read().unwrap_or_else(|p| p.into_inner());
     if access.is_open() || access.identify(headers).is_some() {
         Ok(())
     } else {
-        Err(error_response(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "missing or wrong credentials: send `Authorization: Bearer <token>` or `X-Api-Key`"
-                .into(),
-        ))
+        Err(Rejection {
+            status: StatusCode::UNAUTHORIZED,
+            error: "unauthorized",
+            message:
+                "missing or wrong credentials: send `Authorization: Bearer <token>` or `X-Api-Key`"
+                    .into(),
+        })
     }
 }
 
@@ -237,7 +254,7 @@ macro_rules! guard {
     ($e:expr) => {
         match $e {
             Ok(v) => v,
-            Err(r) => return r,
+            Err(r) => return r.into_response(),
         }
     };
 }
@@ -359,14 +376,9 @@ async fn register(State(api): State<Arc<Api>>, headers: HeaderMap, body: Bytes) 
     }
 }
 
-fn parse_control_plane(body: &Bytes) -> Result<ControlPlane, Response> {
-    serde_json::from_slice(body).map_err(|e| {
-        error_response(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            format!("malformed control plane registration: {e}"),
-        )
-    })
+fn parse_control_plane(body: &Bytes) -> Result<ControlPlane, Rejection> {
+    serde_json::from_slice(body)
+        .map_err(|e| Rejection::bad_request(format!("malformed control plane registration: {e}")))
 }
 
 async fn unregister(

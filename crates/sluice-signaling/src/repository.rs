@@ -21,7 +21,7 @@ pub enum Created {
     /// The flow is new and stored.
     New,
     /// A flow for the same process already existed (returned with its ETag).
-    Existing(DataFlow, String),
+    Existing(Box<DataFlow>, String),
 }
 
 const FLOWS: &str = "sluice/flows/";
@@ -71,7 +71,7 @@ impl FlowRepository {
                 index: 0, source, ..
             }) if matches!(*source, StateError::EtagMismatch { .. }) => {
                 match self.by_process(&flow.process_id).await? {
-                    Some((existing, etag)) => Ok(Created::Existing(existing, etag)),
+                    Some((existing, etag)) => Ok(Created::Existing(Box::new(existing), etag)),
                     None => Err(SignalingError::Internal(format!(
                         "process {} is claimed but its flow is missing",
                         flow.process_id
