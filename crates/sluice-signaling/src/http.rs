@@ -290,49 +290,26 @@ fn respond(r: Result<StatusMessage, SignalingError>) -> Response {
     }
 }
 
-async fn started(
-    State(api): State<Arc<Api>>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    guard!(check_access(&api, &headers));
-    let msg: AddressMessage = guard!(parse(&body, true));
-    respond(api.dataplane.started(&id, msg).await)
+/// A transition route: `POST /dataflows/{id}/<action>` with an optional JSON body of type `M`.
+macro_rules! transition_route {
+    ($name:ident, $msg:ty) => {
+        async fn $name(
+            State(api): State<Arc<Api>>,
+            Path(id): Path<String>,
+            headers: HeaderMap,
+            body: Bytes,
+        ) -> Response {
+            guard!(check_access(&api, &headers));
+            let msg: $msg = guard!(parse(&body, true));
+            respond(api.dataplane.$name(&id, msg).await)
+        }
+    };
 }
 
-async fn suspend(
-    State(api): State<Arc<Api>>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    guard!(check_access(&api, &headers));
-    let msg: ReasonMessage = guard!(parse(&body, true));
-    respond(api.dataplane.suspend(&id, msg).await)
-}
-
-async fn resume(
-    State(api): State<Arc<Api>>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    guard!(check_access(&api, &headers));
-    let msg: AddressMessage = guard!(parse(&body, true));
-    respond(api.dataplane.resume(&id, msg).await)
-}
-
-async fn terminate(
-    State(api): State<Arc<Api>>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    guard!(check_access(&api, &headers));
-    let msg: ReasonMessage = guard!(parse(&body, true));
-    respond(api.dataplane.terminate(&id, msg).await)
-}
+transition_route!(started, AddressMessage);
+transition_route!(suspend, ReasonMessage);
+transition_route!(resume, AddressMessage);
+transition_route!(terminate, ReasonMessage);
 
 async fn completed(
     State(api): State<Arc<Api>>,
