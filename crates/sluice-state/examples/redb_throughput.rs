@@ -1,14 +1,16 @@
 //! A quick throughput check of the redb backend (not a benchmark with a verdict: it prints figures).
 //!
 //! Run with `cargo run --release -p sluice-state --example redb_throughput`. Measures gets/s
-//! (inline reads, sequential and from concurrent tasks, and — for comparison — the same get behind a
-//! `spawn_blocking` round trip), durable single sets/s, and durable sets/s through `set_many` at a
-//! few batch sizes. The store lives in a temporary directory on the default temp filesystem.
+//! (inline reads, sequential and from concurrent tasks, of items with and without a TTL, and — for
+//! comparison — the same get behind a `spawn_blocking` round trip), durable single sets/s, durable
+//! 10-operation transactions/s, and durable sets/s through `set_many` at a few batch sizes (also
+//! with a TTL on every item). The store lives in a temporary directory on the default temp
+//! filesystem.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sluice_state::{RedbStore, SetRequest, StateError, Store};
+use sluice_state::{RedbStore, SetRequest, StateError, Store, TxOperation};
 
 /// Keys written before the read measurements.
 const KEYS: usize = 100_000;
@@ -16,9 +18,15 @@ const KEYS: usize = 100_000;
 const VALUE_LEN: usize = 64;
 /// Gets per read measurement.
 const GETS: usize = 1_000_000;
+/// Keys written with a TTL (a day) for the TTL measurements.
+const TTL_KEYS: usize = 10_000;
 
 fn key(i: usize) -> String {
     format!("bench||key-{i:08}")
+}
+
+fn ttl_key(i: usize) -> String {
+    format!("bench||ttl-{i:08}")
 }
 
 fn rate(ops: usize, took: Duration) -> String {
@@ -64,6 +72,35 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
 
+    // Durable set_many with a TTL on every item (records carry a deadline, plus the deadline index).
+    let day = Duration::from_secs(86_400);
+    let batch = 1_000;
+    let start = Instant::now();
+    for chunk in (0..TTL_KEYS).step_by(batch) {
+        let reqs = (chunk..chunk + batch)
+            .map(|i| SetRequest::new(ttl_key(i), value.clone()).with_ttl(day))
+            .collect();
+        first_error(store.set_many(reqs).await)?;
+    }
+    println!(
+        "set_many batch   1000 with TTL : {}",
+        rate(TTL_KEYS, start.elapsed())
+    );
+
+    // Durable transactions of 10 upserts, one at a time.
+    let txs = 200;
+    let start = Instant::now();
+    for t in 0..txs {
+        let ops = (0..10)
+            .map(|i| TxOperation::Upsert(SetRequest::new(key(t * 10 + i), value.clone())))
+            .collect();
+        store.multi(ops).await?;
+    }
+    println!(
+        "multi of 10 upserts, sequential: {} (transactions)",
+        rate(txs, start.elapsed())
+    );
+
     // Durable single sets, one at a time.
     let singles = 500;
     let start = Instant::now();
@@ -83,6 +120,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     println!(
         "get inline, 1 task              : {}",
+        rate(GETS, start.elapsed())
+    );
+
+    // Gets of items with a TTL: the reader checks each deadline against the clock.
+    let start = Instant::now();
+    for i in 0..GETS {
+        let item = store.get(&ttl_key(i * 7 % TTL_KEYS)).await?;
+        std::hint::black_box(item);
+    }
+    println!(
+        "get inline of TTL items, 1 task : {}",
         rate(GETS, start.elapsed())
     );
 

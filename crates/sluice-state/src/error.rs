@@ -78,7 +78,13 @@ impl StateError {
 
     /// True if retrying the same call may succeed.
     pub fn is_transient(&self) -> bool {
-        matches!(self, StateError::Backend { transient: true, .. })
+        matches!(
+            self,
+            StateError::Backend {
+                transient: true,
+                ..
+            }
+        )
     }
 
     /// A permanent backend failure.

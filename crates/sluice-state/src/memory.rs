@@ -1,24 +1,200 @@
 //! An in-memory backend: for tests and for state that need not survive the process.
+//!
+//! Items live in an ordered map under one lock, so every operation — a transaction too — is
+//! atomic and listings come out in key order. Versions from one counter are the ETags; they never
+//! repeat within the store's life.
+//!
+//! Expired items are invisible from their deadline on and removed lazily: a write of the key
+//! replaces it, and every write also sweeps a bounded number of expired items (oldest deadline
+//! first) from an index of deadlines, so memory held by expired items stays bounded under writes.
+//! [`MemoryStore::purge_expired`] sweeps them all.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
+use std::sync::{Mutex, MutexGuard};
+use std::time::SystemTime;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 
 use crate::error::StateError;
 use crate::etag;
-use crate::store::{DeleteRequest, Features, Item, SetRequest, Store};
+use crate::keys;
+use crate::like::LikePattern;
+use crate::query::{self, Query, QueryResponse};
+use crate::store::{
+    Concurrency, DeleteRequest, Features, Item, KeyPage, Page, SetRequest, Store, TxOperation,
+};
+use crate::ttl;
 
-/// A store kept in a hash map; versions are ETags.
+/// Expired items a write sweeps besides its own key.
+const SWEEP_PER_WRITE: usize = 32;
+
+/// A store kept in memory; versions are ETags.
 #[derive(Default)]
 pub struct MemoryStore {
     inner: Mutex<Inner>,
 }
 
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("items", &self.lock().items.len())
+            .finish()
+    }
+}
+
+/// One stored item.
+#[derive(Clone)]
+struct Entry {
+    value: Bytes,
+    version: u64,
+    expires_at: Option<SystemTime>,
+}
+
+impl Entry {
+    fn item(&self) -> Item {
+        Item {
+            value: self.value.clone(),
+            etag: self.version.to_string(),
+            expires_at: self.expires_at,
+        }
+    }
+
+    fn live(&self, now: SystemTime) -> bool {
+        !ttl::is_expired(self.expires_at, now)
+    }
+}
+
+/// The store's state, behind the lock.
 #[derive(Default)]
 struct Inner {
-    items: HashMap<String, (bytes::Bytes, u64)>,
-    next_version: u64,
+    items: BTreeMap<String, Entry>,
+    /// (deadline, key) of every item with a TTL, exactly those in `items`.
+    deadlines: BTreeSet<(SystemTime, String)>,
+    last_version: u64,
+}
+
+impl Inner {
+    /// The live item at `key`.
+    fn live(&self, key: &str, now: SystemTime) -> Option<&Entry> {
+        self.items.get(key).filter(|e| e.live(now))
+    }
+
+    /// Stores `entry` at `key`, keeping the deadline index exact; returns the entry it replaced.
+    fn put(&mut self, key: String, entry: Entry) -> Option<Entry> {
+        if let Some(at) = self.items.get(&key).and_then(|e| e.expires_at) {
+            self.deadlines.remove(&(at, key.clone()));
+        }
+        if let Some(at) = entry.expires_at {
+            self.deadlines.insert((at, key.clone()));
+        }
+        self.items.insert(key, entry)
+    }
+
+    /// Removes `key`, keeping the deadline index exact; returns the entry it held.
+    fn take(&mut self, key: &str) -> Option<Entry> {
+        let old = self.items.remove(key)?;
+        if let Some(at) = old.expires_at {
+            self.deadlines.remove(&(at, key.to_string()));
+        }
+        Some(old)
+    }
+
+    /// Removes up to `max` items whose deadline has passed; returns how many.
+    fn sweep(&mut self, now: SystemTime, max: usize) -> usize {
+        let due: Vec<String> = self
+            .deadlines
+            .iter()
+            .take_while(|(at, _)| *at <= now)
+            .take(max)
+            .map(|(_, k)| k.clone())
+            .collect();
+        for key in &due {
+            self.take(key);
+        }
+        due.len()
+    }
+
+    /// The next version, never handed out before.
+    fn next_version(&mut self) -> u64 {
+        self.last_version += 1;
+        self.last_version
+    }
+
+    /// Checks one write against the live state: key, ETag, first-write.
+    fn check_set(&self, req: &SetRequest, now: SystemTime) -> Result<(), StateError> {
+        etag::check_key(&req.key)?;
+        let stored = self.live(&req.key, now).map(|e| e.version);
+        etag::check_write(&req.key, req.etag.as_deref(), req.concurrency, stored)
+    }
+
+    /// Checks one delete against the live state: key, and the ETag if it has one.
+    fn check_delete(&self, req: &DeleteRequest, now: SystemTime) -> Result<(), StateError> {
+        etag::check_key(&req.key)?;
+        if req.etag.as_deref().is_some_and(|e| !e.is_empty()) {
+            let stored = self.live(&req.key, now).map(|e| e.version);
+            etag::check_write(
+                &req.key,
+                req.etag.as_deref(),
+                Concurrency::LastWrite,
+                stored,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Writes without checks; returns the new version.
+    fn write(&mut self, req: &SetRequest, now: SystemTime) -> u64 {
+        let version = self.next_version();
+        let entry = Entry {
+            value: req.value.clone(),
+            version,
+            expires_at: req.ttl.map(|t| ttl::expiry(now, t)),
+        };
+        self.put(req.key.clone(), entry);
+        version
+    }
+
+    /// Applies one write if its checks pass; returns the new version.
+    fn set(&mut self, req: &SetRequest, now: SystemTime) -> Result<u64, StateError> {
+        self.check_set(req, now)?;
+        Ok(self.write(req, now))
+    }
+
+    /// Applies one delete if its checks pass (an expired item at the key is dropped too).
+    fn delete(&mut self, req: &DeleteRequest, now: SystemTime) -> Result<(), StateError> {
+        self.check_delete(req, now)?;
+        self.take(&req.key);
+        Ok(())
+    }
+
+    /// Checks every operation against the state before the transaction; only if all pass,
+    /// applies them all in order.
+    fn multi(&mut self, ops: &[TxOperation], now: SystemTime) -> Result<(), StateError> {
+        for (index, op) in ops.iter().enumerate() {
+            let checked = match op {
+                TxOperation::Upsert(req) => self.check_set(req, now),
+                TxOperation::Delete(req) => self.check_delete(req, now),
+            };
+            checked.map_err(|source| StateError::TransactionAborted {
+                index,
+                key: op.key().to_string(),
+                source: Box::new(source),
+            })?;
+        }
+        for op in ops {
+            match op {
+                TxOperation::Upsert(req) => {
+                    self.write(req, now);
+                }
+                TxOperation::Delete(req) => {
+                    self.take(&req.key);
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 impl MemoryStore {
@@ -27,9 +203,29 @@ impl MemoryStore {
         Self::default()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        // A poisoned lock only means another thread panicked mid-operation; the map is still whole.
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A poisoned lock only means another thread panicked mid-operation; every operation
+        // leaves the map whole before it can panic.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Locks the state for a write, after sweeping a few expired items.
+    fn lock_for_write(&self, now: SystemTime) -> MutexGuard<'_, Inner> {
+        let mut inner = self.lock();
+        inner.sweep(now, SWEEP_PER_WRITE);
+        inner
+    }
+
+    /// Removes every expired item now; returns how many. Reads never see expired items anyway:
+    /// this only frees their memory.
+    pub fn purge_expired(&self) -> usize {
+        self.lock().sweep(SystemTime::now(), usize::MAX)
+    }
+
+    /// How many items the store holds, expired ones not yet swept included (for tests and
+    /// metrics).
+    pub fn stored_len(&self) -> usize {
+        self.lock().items.len()
     }
 }
 
@@ -43,38 +239,212 @@ impl Store for MemoryStore {
         Features {
             etag: true,
             durable: false,
-            ..Features::default()
+            transactional: true,
+            ttl: true,
+            query: true,
+            delete_with_prefix: true,
+            keys_like: true,
         }
     }
 
     async fn get(&self, key: &str) -> Result<Option<Item>, StateError> {
         etag::check_key(key)?;
-        Ok(self.lock().items.get(key).map(|(v, ver)| Item {
-            value: v.clone(),
-            etag: ver.to_string(),
-            expires_at: None,
-        }))
+        Ok(self.lock().live(key, SystemTime::now()).map(Entry::item))
     }
 
     async fn set(&self, req: SetRequest) -> Result<String, StateError> {
-        etag::check_key(&req.key)?;
-        let mut inner = self.lock();
-        let stored = inner.items.get(&req.key).map(|(_, v)| *v);
-        etag::check_write(&req.key, req.etag.as_deref(), req.concurrency, stored)?;
-        inner.next_version += 1;
-        let version = inner.next_version;
-        inner.items.insert(req.key, (req.value, version));
+        let now = SystemTime::now();
+        let version = self.lock_for_write(now).set(&req, now)?;
         Ok(version.to_string())
     }
 
     async fn delete(&self, req: DeleteRequest) -> Result<(), StateError> {
-        etag::check_key(&req.key)?;
-        let mut inner = self.lock();
-        let stored = inner.items.get(&req.key).map(|(_, v)| *v);
-        if req.etag.as_deref().is_some_and(|e| !e.is_empty()) {
-            etag::check_write(&req.key, req.etag.as_deref(), Default::default(), stored)?;
+        let now = SystemTime::now();
+        self.lock_for_write(now).delete(&req, now)
+    }
+
+    /// Applies the batch under one lock, in order; a key that fails its checks is reported and
+    /// left unchanged.
+    async fn set_many(&self, reqs: Vec<SetRequest>) -> Vec<Result<String, StateError>> {
+        let now = SystemTime::now();
+        let mut inner = self.lock_for_write(now);
+        reqs.iter()
+            .map(|req| inner.set(req, now).map(|v| v.to_string()))
+            .collect()
+    }
+
+    /// Reads every key from one consistent state.
+    async fn bulk_get(&self, keys: &[String]) -> Vec<Result<Option<Item>, StateError>> {
+        let now = SystemTime::now();
+        let inner = self.lock();
+        keys.iter()
+            .map(|key| {
+                etag::check_key(key)?;
+                Ok(inner.live(key, now).map(Entry::item))
+            })
+            .collect()
+    }
+
+    async fn delete_many(&self, reqs: Vec<DeleteRequest>) -> Vec<Result<(), StateError>> {
+        let now = SystemTime::now();
+        let mut inner = self.lock_for_write(now);
+        reqs.iter().map(|req| inner.delete(req, now)).collect()
+    }
+
+    /// Atomic under the lock. As in Dapr, every operation's ETag and first-write check is made
+    /// against the state before the transaction (an ETag read before it stays good even after an
+    /// earlier operation of the same transaction wrote the key; a first-write of a key that
+    /// existed before fails even after an earlier delete of it); only if all pass are the
+    /// operations applied, in order. The first failing check is reported as
+    /// [`StateError::TransactionAborted`], with nothing applied.
+    async fn multi(&self, ops: Vec<TxOperation>) -> Result<(), StateError> {
+        let now = SystemTime::now();
+        self.lock_for_write(now).multi(&ops, now)
+    }
+
+    async fn delete_with_prefix(&self, prefix: &str) -> Result<u64, StateError> {
+        keys::check_prefix(prefix)?;
+        let now = SystemTime::now();
+        let mut inner = self.lock_for_write(now);
+        let doomed: Vec<String> = inner
+            .items
+            .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .filter(|(k, _)| keys::under_prefix(prefix, k))
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut deleted = 0u64;
+        for key in doomed {
+            if inner.take(&key).is_some_and(|e| e.live(now)) {
+                deleted += 1;
+            }
         }
-        inner.items.remove(&req.key);
-        Ok(())
+        Ok(deleted)
+    }
+
+    async fn keys(&self, pattern: &str, page: Page) -> Result<KeyPage, StateError> {
+        let like = LikePattern::new(pattern);
+        let prefix = like.literal_prefix();
+        let limit = keys::page_limit(&page);
+        let start = match keys::resume_after(&page) {
+            Some(after) if after >= prefix.as_str() => Bound::Excluded(after),
+            _ => Bound::Included(prefix.as_str()),
+        };
+        let now = SystemTime::now();
+        let inner = self.lock();
+        let matching = inner
+            .items
+            .range::<str, _>((start, Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .filter(|(k, e)| e.live(now) && like.matches(k))
+            .map(|(k, _)| k.clone());
+        Ok(keys::collect_page(matching, limit))
+    }
+
+    async fn query(&self, q: &Query) -> Result<QueryResponse, StateError> {
+        let now = SystemTime::now();
+        let live: Vec<(String, Item)> = self
+            .lock()
+            .items
+            .iter()
+            .filter(|(_, e)| e.live(now))
+            .map(|(k, e)| (k.clone(), e.item()))
+            .collect();
+        query::run(live.into_iter(), q)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn the_deadline_index_follows_overwrites_and_deletes() {
+        let mut inner = Inner::default();
+        let now = SystemTime::now();
+        let ttl = |s| SetRequest::new("k", "v").with_ttl(Duration::from_secs(s));
+        inner.set(&ttl(10), now).unwrap();
+        inner.set(&ttl(20), now).unwrap();
+        assert_eq!(inner.deadlines.len(), 1);
+        inner.set(&SetRequest::new("k", "v"), now).unwrap();
+        assert!(inner.deadlines.is_empty());
+        inner.set(&ttl(10), now).unwrap();
+        inner.set(&ttl(10), now).unwrap();
+        assert_eq!(
+            inner.deadlines.len(),
+            1,
+            "same deadline twice keeps one entry"
+        );
+        inner.delete(&DeleteRequest::new("k"), now).unwrap();
+        assert!(inner.deadlines.is_empty() && inner.items.is_empty());
+    }
+
+    #[test]
+    fn sweep_removes_only_due_items() {
+        let mut inner = Inner::default();
+        let now = SystemTime::now();
+        for (key, secs) in [("a", 1), ("b", 2), ("c", 100)] {
+            inner
+                .set(
+                    &SetRequest::new(key, "v").with_ttl(Duration::from_secs(secs)),
+                    now,
+                )
+                .unwrap();
+        }
+        inner.set(&SetRequest::new("d", "v"), now).unwrap();
+        assert_eq!(inner.sweep(now + Duration::from_secs(5), 1), 1);
+        assert_eq!(inner.sweep(now + Duration::from_secs(5), 10), 1);
+        assert_eq!(inner.sweep(now + Duration::from_secs(5), 10), 0);
+        let left: Vec<&String> = inner.items.keys().collect();
+        assert_eq!(left, ["c", "d"]);
+        assert_eq!(inner.deadlines.len(), 1);
+    }
+
+    #[test]
+    fn a_failed_transaction_changes_nothing() {
+        let mut inner = Inner::default();
+        let now = SystemTime::now();
+        let hour = Duration::from_secs(3600);
+        inner
+            .set(&SetRequest::new("a", "a1").with_ttl(hour), now)
+            .unwrap();
+        inner.set(&SetRequest::new("b", "b1"), now).unwrap();
+        let ops = vec![
+            TxOperation::Upsert(SetRequest::new("a", "a2")),
+            TxOperation::Delete(DeleteRequest::new("b")),
+            TxOperation::Upsert(SetRequest::new("c", "c").with_ttl(hour)),
+            TxOperation::Upsert(SetRequest::new("a", "a3").with_etag("2")),
+        ];
+        let err = inner.multi(&ops, now).unwrap_err();
+        assert!(
+            matches!(err, StateError::TransactionAborted { index: 3, .. }),
+            "{err:?}"
+        );
+        let a = inner.live("a", now).unwrap();
+        assert_eq!((a.value.as_ref(), a.version), (&b"a1"[..], 1));
+        assert!(a.expires_at.is_some());
+        assert_eq!(inner.live("b", now).unwrap().version, 2);
+        assert!(!inner.items.contains_key("c"));
+        assert_eq!(inner.last_version, 2, "no version was handed out");
+        assert_eq!(inner.deadlines.len(), 1);
+    }
+
+    #[test]
+    fn transaction_checks_see_the_state_before_it() {
+        let mut inner = Inner::default();
+        let now = SystemTime::now();
+        let v1 = inner.set(&SetRequest::new("a", "a1"), now).unwrap();
+        let ops = vec![
+            TxOperation::Upsert(SetRequest::new("a", "a2")),
+            TxOperation::Upsert(SetRequest::new("a", "a3").with_etag(v1.to_string())),
+            TxOperation::Upsert(
+                SetRequest::new("n", "n").with_concurrency(Concurrency::FirstWrite),
+            ),
+        ];
+        inner.multi(&ops, now).unwrap();
+        assert_eq!(inner.live("a", now).unwrap().value.as_ref(), b"a3");
+        assert_eq!(inner.live("n", now).unwrap().value.as_ref(), b"n");
     }
 }

@@ -1,11 +1,22 @@
 //! Queries over JSON values (Dapr's state query language): a filter, a sort and a page.
 //!
-//! Values that are not JSON objects never match a filter. A key path such as `person.org` walks
-//! nested objects.
+//! [`Query::from_json`] reads Dapr's JSON form (`{"filter": {"EQ": {"a.b": 1}}, "sort": [{"key":
+//! "a", "order": "DESC"}], "page": {"limit": 10, "token": "..."}}`); [`matches()`] evaluates a
+//! filter on one value and [`run`] answers a whole query over a set of items, for backends that
+//! have no query engine of their own (memory, redb).
+//!
+//! Only values that are JSON objects are ever results. A key path such as `person.org` walks
+//! nested objects. Numbers compare as numbers and strings as strings (by Unicode code point); a
+//! comparison between a number and a string, or with any other kind of value, never matches.
+
+mod eval;
+mod parse;
 
 use serde_json::Value;
 
 use crate::store::{Item, Page};
+
+pub use eval::{lookup, matches, run};
 
 /// A condition on a JSON value.
 #[derive(Clone, Debug, PartialEq)]
@@ -66,4 +77,19 @@ pub struct QueryResponse {
     pub results: Vec<QueryResult>,
     /// Token for the next page, or `None` if this is the last one.
     pub token: Option<String>,
+}
+
+impl Query {
+    /// Reads Dapr's JSON form of a query. Every part is optional (`{}` selects every item, first
+    /// page); a malformed part is a [`crate::StateError::InvalidRequest`] that names it (such as
+    /// `filter.AND[1].GT`). A page limit of 0 means the default page size, as no limit does.
+    pub fn from_json(value: &Value) -> Result<Query, crate::StateError> {
+        parse::query(value)
+    }
+
+    /// The query in Dapr's JSON form, which [`Query::from_json`] reads back as the same query (a
+    /// page limit of `Some(0)` reads back as `None`, which means the same).
+    pub fn to_json(&self) -> Value {
+        parse::to_json(self)
+    }
 }

@@ -249,8 +249,10 @@ pub trait Store: Send + Sync {
         results
     }
 
-    /// A transaction: checks every ETag (and first-write condition) first; only if all pass,
-    /// applies every operation in list order, all or nothing.
+    /// A transaction: checks every ETag (and first-write condition) first, each against the state
+    /// before the transaction (as Dapr does); only if all pass, applies every operation in list
+    /// order, all or nothing. A failed check is [`StateError::TransactionAborted`] naming the
+    /// operation.
     async fn multi(&self, _ops: Vec<TxOperation>) -> Result<(), StateError> {
         Err(StateError::unsupported(self.name(), "transactions"))
     }

@@ -1,10 +1,14 @@
-//! Behaviour specific to the redb backend: persistence across reopen, and clear open errors.
+//! Behaviour specific to the redb backend: persistence across reopen (TTLs included), the sweep
+//! of expired items, clear open errors, and the checks shared with the memory backend.
+
+mod shared;
 
 use std::collections::HashSet;
 use std::path::Path;
 use std::process::Command;
+use std::time::{Duration, SystemTime};
 
-use sluice_state::{DeleteRequest, RedbStore, SetRequest, StateError, Store};
+use sluice_state::{DeleteRequest, Page, RedbStore, SetRequest, StateError, Store, TxOperation};
 
 fn open(path: &Path) -> RedbStore {
     RedbStore::open(path).expect("open redb store")
@@ -233,4 +237,212 @@ fn a_second_process_is_refused() {
         .unwrap_or_else(|| panic!("the child reported no error: {stdout}"));
     assert!(line.contains("already open"), "{line}");
     assert!(line.contains(&path.display().to_string()), "{line}");
+}
+
+/// A fresh store in a temporary directory (kept alive by the returned guard).
+fn fresh() -> (tempfile::TempDir, RedbStore) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(&dir.path().join("state.redb"));
+    (dir, store)
+}
+
+#[test]
+fn redb_store_advertises_every_feature_and_durability() {
+    let (_dir, store) = fresh();
+    shared::advertises_every_feature(&store);
+    assert!(store.features().durable);
+}
+
+#[tokio::test]
+async fn ttl_items_vanish_everywhere() {
+    let (_dir, store) = fresh();
+    shared::ttl_items_vanish_everywhere(&store).await;
+}
+
+#[tokio::test]
+async fn ttl_is_per_write() {
+    let (_dir, store) = fresh();
+    shared::ttl_is_per_write(&store).await;
+}
+
+#[tokio::test]
+async fn expired_items_count_as_missing_for_writes() {
+    let (_dir, store) = fresh();
+    shared::expired_items_count_as_missing_for_writes(&store).await;
+}
+
+#[tokio::test]
+async fn multi_spec_example() {
+    let (_dir, store) = fresh();
+    shared::multi_spec_example(&store).await;
+}
+
+#[tokio::test]
+async fn multi_failure_applies_nothing() {
+    let (_dir, store) = fresh();
+    shared::multi_failure_applies_nothing(&store).await;
+}
+
+#[tokio::test]
+async fn multi_checks_against_the_state_before_it() {
+    let (_dir, store) = fresh();
+    shared::multi_checks_against_the_state_before_it(&store).await;
+}
+
+#[tokio::test]
+async fn delete_with_prefix_rule() {
+    let (_dir, store) = fresh();
+    shared::delete_with_prefix_rule(&store).await;
+}
+
+#[tokio::test]
+async fn keys_paging() {
+    let (_dir, store) = fresh();
+    shared::keys_paging(&store).await;
+}
+
+#[tokio::test]
+async fn query_filter_sort_page() {
+    let (_dir, store) = fresh();
+    shared::query_filter_sort_page(&store).await;
+}
+
+#[tokio::test]
+async fn bulk_calls_report_per_key() {
+    let (_dir, store) = fresh();
+    shared::bulk_calls_report_per_key(&store).await;
+}
+
+#[tokio::test]
+async fn a_large_bulk_get_reads_every_key() {
+    let (_dir, store) = fresh();
+    let keys: Vec<String> = (0..500).map(|i| format!("k{i}")).collect();
+    let results = store
+        .set_many(
+            keys.iter()
+                .step_by(2)
+                .map(|k| SetRequest::new(k, k.clone()))
+                .collect(),
+        )
+        .await;
+    assert!(results.iter().all(Result::is_ok));
+    let got = store.bulk_get(&keys).await;
+    assert_eq!(got.len(), keys.len());
+    for (i, (key, result)) in keys.iter().zip(got).enumerate() {
+        let item = result.expect("read");
+        if i % 2 == 0 {
+            assert_eq!(item.expect("written").value.as_ref(), key.as_bytes());
+        } else {
+            assert_eq!(item, None);
+        }
+    }
+}
+
+#[tokio::test]
+async fn ttls_survive_a_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("state.redb");
+    let hour = Duration::from_secs(3600);
+    let (long, tx, short_etag) = {
+        let store = open(&path);
+        store
+            .set(SetRequest::new("long", "l").with_ttl(hour))
+            .await
+            .expect("set");
+        store
+            .multi(vec![TxOperation::Upsert(
+                SetRequest::new("tx", "t").with_ttl(hour * 2),
+            )])
+            .await
+            .expect("multi");
+        let short_etag = store
+            .set(SetRequest::new("short", "s").with_ttl(Duration::from_secs(1)))
+            .await
+            .expect("set");
+        store.set(SetRequest::new("plain", "p")).await.expect("set");
+        let long = store.get("long").await.expect("get").expect("long");
+        let tx = store.get("tx").await.expect("get").expect("tx");
+        (long, tx, short_etag)
+    };
+    // Reopened after the short TTL has surely passed (polled, not timed).
+    let store = open(&path);
+    shared::wait_gone(&store, "short").await;
+    drop(store);
+    let store = open(&path);
+    assert_eq!(store.get("long").await.expect("get"), Some(long.clone()));
+    assert_eq!(store.get("tx").await.expect("get"), Some(tx));
+    assert!(long.expires_at.expect("deadline") > SystemTime::now() + hour / 2);
+    let plain = store.get("plain").await.expect("get").expect("plain");
+    assert_eq!(plain.expires_at, None);
+    assert_eq!(store.get("short").await.expect("get"), None);
+    let err = store
+        .set(SetRequest::new("short", "x").with_etag(short_etag))
+        .await;
+    assert!(
+        matches!(err, Err(StateError::EtagMismatch { .. })),
+        "{err:?}"
+    );
+    let page = store.keys("%", Page::default()).await.expect("keys");
+    assert_eq!(page.keys, ["long", "plain", "tx"]);
+    // Opening swept the expired item from the file already.
+    assert_eq!(store.purge_expired().await.expect("purge"), 0);
+}
+
+#[tokio::test]
+async fn expired_items_are_swept_from_the_file() {
+    let (_dir, store) = fresh();
+    for i in 0..5 {
+        store
+            .set(SetRequest::new(format!("e{i}"), "v").with_ttl(Duration::from_secs(1)))
+            .await
+            .expect("set");
+    }
+    // Overwritten without a TTL: no longer due, whatever its first deadline.
+    store
+        .set(SetRequest::new("e0", "kept"))
+        .await
+        .expect("overwrite");
+    // Overwritten with a long TTL: due much later.
+    store
+        .set(SetRequest::new("e1", "later").with_ttl(Duration::from_secs(3600)))
+        .await
+        .expect("overwrite");
+    shared::wait_gone(&store, "e4").await;
+    assert_eq!(store.purge_expired().await.expect("purge"), 3);
+    assert_eq!(store.purge_expired().await.expect("purge again"), 0);
+    let page = store.keys("e%", Page::default()).await.expect("keys");
+    assert_eq!(page.keys, ["e0", "e1"]);
+
+    // A later write sweeps items that expired meanwhile, so purging finds none.
+    store
+        .set(SetRequest::new("s", "v").with_ttl(Duration::from_secs(1)))
+        .await
+        .expect("set");
+    shared::wait_gone(&store, "s").await;
+    store.set(SetRequest::new("w", "v")).await.expect("set");
+    assert_eq!(store.purge_expired().await.expect("purge"), 0);
+}
+
+#[tokio::test]
+async fn calls_that_change_nothing_leave_versions_alone() {
+    let (_dir, store) = fresh();
+    let first = store.set(SetRequest::new("a", "1")).await.expect("set");
+    // A rejected write, a delete of a missing key and a failed transaction hand out no version.
+    assert!(store
+        .set(SetRequest::new("a", "x").with_etag("424242"))
+        .await
+        .is_err());
+    store
+        .delete(DeleteRequest::new("missing"))
+        .await
+        .expect("delete");
+    assert!(store
+        .multi(vec![TxOperation::Upsert(
+            SetRequest::new("b", "x").with_etag("424242")
+        )])
+        .await
+        .is_err());
+    let next = store.set(SetRequest::new("c", "1")).await.expect("set");
+    let (first, next): (u64, u64) = (first.parse().expect("n"), next.parse().expect("n"));
+    assert_eq!(next, first + 1);
 }

@@ -1,0 +1,177 @@
+//! `multi`: a transaction that checks every condition first, then applies every operation in
+//! order, all or nothing.
+//!
+//! 1. Every request is validated; a bad one aborts before anything is sent.
+//! 2. If any operation has a condition (an ETag, or first-write), the live rows of those keys
+//!    are read and locked (`FOR UPDATE`, in key order) and every condition is checked against
+//!    that pre-transaction state; the first that fails aborts.
+//! 3. The operations run in list order, pipelined. Locked rows cannot change under the
+//!    transaction. A key the check found absent cannot be locked, so the first operation on it
+//!    runs conditionally (an insert that yields to a live row, a delete that reports whether it
+//!    met one): a concurrent writer that created the key meanwhile aborts the transaction
+//!    instead of being silently overwritten.
+//! 4. Commit, or roll back on any failure.
+//!
+//! Failures of the request abort with [`StateError::TransactionAborted`] naming the operation.
+//! A failure of the server or the connection is returned as the [`StateError::Backend`] it is
+//! (so a retry policy sees whether it is transient); the transaction is rolled back — except
+//! when the connection is lost during the commit itself, when the outcome is unknown, as for any
+//! database client.
+
+use std::collections::{HashMap, HashSet};
+
+use super::pipeline;
+use super::write::{Applied, Expect, Kind, Prepared, Remove, Step, Write};
+use super::Inner;
+use crate::error::StateError;
+use crate::store::TxOperation;
+
+/// A validated operation of the transaction.
+enum Op {
+    /// A write.
+    Set(Write),
+    /// A delete.
+    Delete(Remove),
+}
+
+impl Op {
+    fn key(&self) -> &str {
+        match self {
+            Op::Set(w) => &w.key,
+            Op::Delete(r) => &r.key,
+        }
+    }
+
+    fn expect(&self) -> Expect {
+        match self {
+            Op::Set(w) => w.expect,
+            Op::Delete(r) => r.expect,
+        }
+    }
+}
+
+/// `cause` as the abort of operation `index` on `key`.
+fn abort(index: usize, key: &str, cause: StateError) -> StateError {
+    StateError::TransactionAborted {
+        index,
+        key: key.to_string(),
+        source: Box::new(cause),
+    }
+}
+
+fn mismatch(index: usize, key: &str) -> StateError {
+    abort(
+        index,
+        key,
+        StateError::EtagMismatch {
+            key: key.to_string(),
+        },
+    )
+}
+
+/// Runs `ops` as one transaction (see the module documentation).
+pub(crate) async fn multi(inner: &Inner, ops: Vec<TxOperation>) -> Result<(), StateError> {
+    if ops.is_empty() {
+        return Ok(());
+    }
+    let mut validated = Vec::with_capacity(ops.len());
+    for (index, op) in ops.into_iter().enumerate() {
+        let key = op.key().to_string();
+        let checked = match op {
+            TxOperation::Upsert(req) => Write::new(req).map(Op::Set),
+            TxOperation::Delete(req) => Remove::new(req).map(Op::Delete),
+        };
+        validated.push(checked.map_err(|cause| abort(index, &key, cause))?);
+    }
+    if let Some((index, op)) = validated
+        .iter()
+        .enumerate()
+        .find(|(_, op)| op.expect() == Expect::Never)
+    {
+        return Err(mismatch(index, op.key()));
+    }
+
+    let what = format!("transaction of {} operations", validated.len());
+    let target = &inner.target;
+    let mut client = inner.client(|| what.clone()).await?;
+    let conditional: Vec<&str> = validated
+        .iter()
+        .filter(|op| op.expect() != Expect::Any)
+        .map(Op::key)
+        .collect();
+    // Keys found absent that some operation needs absent: their first operation is guarded.
+    let mut guarded: HashSet<&str> = HashSet::new();
+    let mut kinds: Vec<Kind> = Vec::new();
+    for op in &validated {
+        kinds.extend(match op {
+            Op::Set(_) => [Kind::Upsert, Kind::InsertAbsent],
+            Op::Delete(_) => [Kind::Delete, Kind::DeleteReturningLive],
+        });
+    }
+    let prepared = Prepared::new(&client, &inner.sql, kinds)
+        .await
+        .map_err(|e| target.pg(&what, &e))?;
+    let lock = if conditional.is_empty() {
+        None
+    } else {
+        Some(
+            client
+                .prepare_cached(&inner.sql.lock_versions)
+                .await
+                .map_err(|e| target.pg(&what, &e))?,
+        )
+    };
+
+    let tx = client
+        .transaction()
+        .await
+        .map_err(|e| target.pg(&what, &e))?;
+    if let Some(lock) = lock {
+        let rows = tx
+            .query(&lock, &[&conditional])
+            .await
+            .map_err(|e| target.pg(&what, &e))?;
+        let mut stored: HashMap<String, i64> = HashMap::with_capacity(rows.len());
+        for row in rows {
+            let key: String = row.try_get(0).map_err(|e| target.pg(&what, &e))?;
+            let version: i64 = row.try_get(1).map_err(|e| target.pg(&what, &e))?;
+            stored.insert(key, version);
+        }
+        for (index, op) in validated.iter().enumerate() {
+            let current = stored.get(op.key()).copied();
+            if !op.expect().holds(current) {
+                // Dropping the transaction rolls it back.
+                return Err(mismatch(index, op.key()));
+            }
+            if op.expect() == Expect::Absent {
+                guarded.insert(op.key());
+            }
+        }
+    }
+
+    let mut touched: HashSet<&str> = HashSet::new();
+    let steps: Vec<Step<'_>> = validated
+        .iter()
+        .map(|op| {
+            let first_touch = touched.insert(op.key());
+            let guard = first_touch && guarded.contains(op.key());
+            match (op, guard) {
+                (Op::Set(w), false) => Step::Set(w, Kind::Upsert, 0),
+                (Op::Set(w), true) => Step::Set(w, Kind::InsertAbsent, 0),
+                (Op::Delete(r), false) => Step::Delete(&r.key, Kind::Delete, 0),
+                (Op::Delete(r), true) => Step::Delete(&r.key, Kind::DeleteReturningLive, 0),
+            }
+        })
+        .collect();
+    let results = pipeline::in_order(prepared.ops(tx.client(), &steps)?).await;
+    for (index, (step, result)) in steps.iter().zip(results).enumerate() {
+        match result {
+            Ok(Applied::Refused) => return Err(mismatch(index, step.key())),
+            Ok(Applied::Written(_) | Applied::Deleted) => {}
+            Err(e) => return Err(target.pg(&format!("{what}, operation {index}"), &e)),
+        }
+    }
+    tx.commit()
+        .await
+        .map_err(|e| target.pg(&format!("commit the {what}"), &e))
+}

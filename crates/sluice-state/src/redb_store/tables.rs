@@ -1,0 +1,14 @@
+//! The tables of the store file.
+
+use redb::TableDefinition;
+
+/// Key → record (see [`super::record`]).
+pub(super) const ITEMS: TableDefinition<&str, &[u8]> = TableDefinition::new("items");
+/// (deadline in milliseconds since the Unix epoch, key) of every item with a TTL: exactly the
+/// items in [`ITEMS`] whose record holds that deadline, so expired items are found in deadline
+/// order without a scan.
+pub(super) const DEADLINES: TableDefinition<(u64, &str), ()> = TableDefinition::new("deadlines");
+/// Store-wide counters.
+pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// The `meta` key holding the last version handed out.
+pub(super) const LAST_VERSION: &str = "last_version";
