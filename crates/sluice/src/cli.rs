@@ -39,6 +39,29 @@ pub enum Command {
     /// Measure throughput and peak memory on this machine: generator→blackhole, file→blackhole
     /// and file→file with checkpoints, through the real engine and state store.
     Bench(BenchArgs),
+    /// Offer the state stores over HTTP, compatible with Dapr's state API, until stopped
+    /// (Ctrl-C or SIGTERM stop gracefully; a second Ctrl-C stops at once). With no --config, one
+    /// embedded store named `statestore` is offered on 127.0.0.1:3500.
+    Serve(ServeArgs),
+}
+
+/// Arguments of `sluice serve`.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Server configuration file (YAML: listen, dataDir, stores, state, http; see
+    /// docs/configuration.md). `${VAR}` is replaced from the environment.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Address to listen on (`host:port`; port 0 picks a free one). Overrides `listen`.
+    /// Default 127.0.0.1:3500.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+
+    /// Where embedded stores keep their files. Overrides `dataDir`; defaults to the platform's
+    /// data directory + `/sluice`.
+    #[arg(long, env = "SLUICE_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
 }
 
 /// Arguments of `sluice bench`.
@@ -59,6 +82,10 @@ pub struct BenchArgs {
     /// Run only these scenarios: generator-blackhole, file-blackhole, file-file.
     #[arg(long, value_delimiter = ',')]
     pub only: Option<Vec<String>>,
+
+    /// `--state` and its options: benchmark the state stores instead.
+    #[command(flatten)]
+    pub state: crate::commands::bench_state::StateBenchArgs,
 }
 
 /// Arguments of `sluice run`.
@@ -130,5 +157,21 @@ mod tests {
             .expect("validate");
         assert_eq!(cli.log_level, "debug");
         assert!(Cli::try_parse_from(["sluice", "run"]).is_err());
+        let cli = Cli::try_parse_from([
+            "sluice",
+            "serve",
+            "--config",
+            "s.yaml",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .expect("serve");
+        match cli.command {
+            Command::Serve(a) => {
+                assert_eq!(a.config, Some(PathBuf::from("s.yaml")));
+                assert_eq!(a.listen.as_deref(), Some("127.0.0.1:0"));
+            }
+            other => panic!("parsed as {other:?}"),
+        }
     }
 }

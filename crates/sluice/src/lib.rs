@@ -7,7 +7,9 @@
 //! The library half holds everything but process setup, so that it can be tested: [`config`]
 //! (loading pipeline files), [`interpolate`] and [`yaml_index`] (its helpers), [`check`]
 //! (validation against connector specifications), [`cli`] (arguments), [`commands`], [`progress`]
-//! (live progress and summaries) and [`ui`] (stderr output around progress bars, logging).
+//! (live progress and summaries) and [`ui`] (stderr output around progress bars, logging);
+//! [`serve_config`] and [`server`] are `sluice serve`: named state stores behind Dapr's state HTTP
+//! API.
 
 pub mod check;
 pub mod cli;
@@ -15,5 +17,7 @@ pub mod commands;
 pub mod config;
 pub mod interpolate;
 pub mod progress;
+pub mod serve_config;
+pub mod server;
 pub mod ui;
 pub mod yaml_index;

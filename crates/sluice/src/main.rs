@@ -9,6 +9,7 @@ use clap::Parser;
 use sluice::cli::{Cli, Command, ConnectorsCommand};
 use sluice::commands::{self, CommandError};
 use sluice::config::ConfigError;
+use sluice::serve_config::ServeConfigError;
 use sluice::ui;
 
 fn main() -> ExitCode {
@@ -46,7 +47,23 @@ fn execute(cli: Cli) -> anyhow::Result<Result<(), CommandError>> {
                 .enable_all()
                 .build()
                 .context("cannot start the async runtime")?;
-            runtime.block_on(commands::bench::bench(&args, registry, &mut stdout))
+            if args.state.state {
+                runtime.block_on(commands::bench_state::bench_state(
+                    &args.state,
+                    &args.dir,
+                    &mut stdout,
+                ))
+            } else {
+                runtime.block_on(commands::bench::bench(&args, registry, &mut stdout))
+            }
+        }
+        Command::Serve(args) => {
+            drop(stdout);
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            return Ok(runtime.block_on(commands::serve::serve(&args)));
         }
         Command::Run(args) => {
             drop(stdout);
@@ -68,7 +85,8 @@ fn report(e: &CommandError) -> ExitCode {
     match e {
         // A closed stdout (`sluice connectors list | head -1`) is not worth a message.
         CommandError::Output(io) if io.kind() == std::io::ErrorKind::BrokenPipe => {}
-        CommandError::Config(ConfigError::Invalid(diagnostics)) => {
+        CommandError::Config(ConfigError::Invalid(diagnostics))
+        | CommandError::ServeConfig(ServeConfigError::Invalid(diagnostics)) => {
             for d in diagnostics {
                 eprintln!("{d}");
             }

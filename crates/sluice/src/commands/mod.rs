@@ -1,8 +1,10 @@
-//! The subcommands: `run`, `validate`, `connectors` and `bench`.
+//! The subcommands: `run`, `validate`, `connectors`, `bench` and `serve`.
 
 pub mod bench;
+pub mod bench_state;
 pub mod connectors;
 pub mod run;
+pub mod serve;
 pub mod validate;
 
 use std::path::PathBuf;
@@ -12,6 +14,8 @@ use sluice_sdk::RegistryError;
 use sluice_state::StateError;
 
 use crate::config::ConfigError;
+use crate::serve_config::ServeConfigError;
+use crate::server::ServeError;
 
 /// Why a command failed. `main` prints it and exits non-zero.
 #[derive(Debug, thiserror::Error)]
@@ -80,13 +84,34 @@ pub enum CommandError {
     /// Encoding JSON failed.
     #[error("cannot encode JSON: {0}")]
     Json(#[from] serde_json::Error),
+    /// `sluice bench --state` could not measure a backend.
+    #[error("state benchmark: {0}")]
+    StateBench(#[from] bench_state::BenchError),
+    /// The server configuration file could not be read or is invalid.
+    #[error(transparent)]
+    ServeConfig(#[from] ServeConfigError),
+    /// `sluice serve` could not open a store, or its server failed.
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+    /// `sluice serve` could not listen on its address.
+    #[error("cannot listen on {address}: {source}")]
+    Listen {
+        /// The address.
+        address: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Stopped by a signal before it had started.
+    #[error("interrupted while starting")]
+    Interrupted,
 }
 
 impl CommandError {
     /// The process exit code for this error: 130 after a hard stop by interrupt, 1 otherwise.
     pub fn exit_code(&self) -> u8 {
         match self {
-            CommandError::Killed => 130,
+            CommandError::Killed | CommandError::Interrupted => 130,
             _ => 1,
         }
     }

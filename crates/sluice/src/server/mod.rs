@@ -1,0 +1,151 @@
+//! The HTTP server of `sluice serve`: the named state stores behind Dapr's state HTTP API, a
+//! health check, and graceful shutdown (stop accepting, finish requests in flight).
+//!
+//! [`serve`] opens the stores of a [`ServeConfig`] and answers on a listener until a shutdown
+//! future completes; [`router`] builds the routes alone, for callers that run their own server.
+
+mod body;
+pub mod errors;
+pub mod state_api;
+pub mod stores;
+pub mod wire;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tower_http::trace::TraceLayer;
+
+use crate::serve_config::{HttpLimits, ServeConfig};
+use errors::{ApiError, ERR_METHOD_NOT_ALLOWED, ERR_NOT_FOUND};
+pub use stores::{NamedStore, OpenError, Stores};
+
+/// What every request handler shares.
+#[derive(Debug)]
+pub struct AppState {
+    /// The stores, by name.
+    pub stores: Arc<Stores>,
+    /// Size limits.
+    pub limits: HttpLimits,
+}
+
+/// Why the server stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// A store could not be opened at start.
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    /// The listener failed.
+    #[error("the HTTP server failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Opens the stores of `config`, then answers requests on `listener` until `shutdown` completes;
+/// returns once requests in flight are finished.
+pub async fn serve<F>(
+    config: &ServeConfig,
+    listener: TcpListener,
+    shutdown: F,
+) -> Result<(), ServeError>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let stores = Arc::new(Stores::open(config).await?);
+    run(stores, config.http, listener, shutdown).await
+}
+
+/// Answers requests for `stores` on `listener` until `shutdown` completes; returns once requests
+/// in flight are finished.
+pub async fn run<F>(
+    stores: Arc<Stores>,
+    limits: HttpLimits,
+    listener: TcpListener,
+    shutdown: F,
+) -> Result<(), ServeError>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let address = listener.local_addr()?;
+    tracing::info!(%address, stores = ?stores.names(), "state API listening");
+    axum::serve(listener, router(stores, limits))
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    tracing::info!("state API stopped");
+    Ok(())
+}
+
+/// Every route: the state API, health checks and Dapr's metadata endpoint.
+pub fn router(stores: Arc<Stores>, limits: HttpLimits) -> Router {
+    let state = Arc::new(AppState { stores, limits });
+    Router::new()
+        .route("/healthz", get(|| async { (StatusCode::OK, "ok") }))
+        .route("/v1.0/healthz", get(|| async { StatusCode::NO_CONTENT }))
+        .route(
+            "/v1.0/healthz/outbound",
+            get(|| async { StatusCode::NO_CONTENT }),
+        )
+        .route("/v1.0/metadata", get(metadata))
+        .merge(state_api::routes())
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                ERR_NOT_FOUND,
+                "no such route; the state API is under /v1.0/state/{store}",
+            )
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                ERR_METHOD_NOT_ALLOWED,
+                "this route does not take that method",
+            )
+        })
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Dapr's metadata answer, reduced to the state stores.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct MetadataAnswer {
+    id: &'static str,
+    runtime_version: &'static str,
+    components: Vec<Component>,
+}
+
+/// One component in Dapr's metadata answer.
+#[derive(Debug, Serialize)]
+struct Component {
+    name: String,
+    #[serde(rename = "type")]
+    kind: String,
+    version: &'static str,
+    capabilities: Vec<&'static str>,
+}
+
+/// `GET /v1.0/metadata`: the stores, their backends and capabilities, as Dapr lists components.
+async fn metadata(State(app): State<Arc<AppState>>) -> impl IntoResponse {
+    let components = app
+        .stores
+        .names()
+        .into_iter()
+        .filter_map(|n| app.stores.get(n))
+        .map(|s| Component {
+            name: s.name.clone(),
+            kind: format!("state.{}", s.backend.as_str()),
+            version: "v1",
+            capabilities: s.store.features().names(),
+        })
+        .collect();
+    Json(MetadataAnswer {
+        id: "sluice",
+        runtime_version: env!("CARGO_PKG_VERSION"),
+        components,
+    })
+}
