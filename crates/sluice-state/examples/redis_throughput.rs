@@ -8,7 +8,7 @@
 //!
 //! For each operation, at concurrency 1 and 32 (tasks sharing one multiplexed connection, as the
 //! store does), it runs the direct client and `RedisStore` for `SLUICE_BENCH_SECS` seconds each
-//! (default 2), in alternating slices so that outside load falls on both alike:
+//! (default 2.5), in alternating slices so that outside load falls on both alike:
 //!
 //! * `get`: the store's `get` (one `HMGET` of value, version and expiry) beside a direct `HGETALL`
 //!   of the same hash, and beside the same `HMGET` sent directly;
@@ -35,7 +35,7 @@ const TX_OPS: usize = 10;
 const CONCURRENCY: [usize; 2] = [1, 32];
 /// Each comparison alternates its contenders this many times (each run a `ROUNDS`th of the time),
 /// so that load from elsewhere on the machine falls on both alike.
-const ROUNDS: u32 = 4;
+const ROUNDS: u32 = 10;
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -242,7 +242,7 @@ async fn main() -> Result<(), Error> {
         std::env::var("SLUICE_BENCH_SECS")
             .ok()
             .and_then(|s| s.parse().ok())
-            .unwrap_or(2.0),
+            .unwrap_or(2.5),
     );
     let prefix = format!("sluice-bench:{}:", std::process::id());
     let store = RedisStore::connect(

@@ -4,10 +4,16 @@
 //! # Layout
 //!
 //! Like Dapr's Redis state store, each item is a Redis hash at `<key_prefix><key>` with the fields
-//! `data` (the value's bytes, unchanged) and `version` (the ETag, a decimal number). Versions come
+//! `data` (the value's bytes, unchanged) and `version` (the ETag, a decimal number), plus `expires`
+//! (when its TTL ends, in Unix milliseconds by the server's clock; empty for none). Versions come
 //! from one counter per namespace, the string key named exactly `<key_prefix>` (no item can have
 //! that name, since item keys are never empty), so ETags never repeat, not even across a delete and
-//! re-create. A TTL is the hash's own expiry (`PEXPIRE`), so an expired item is invisible at once.
+//! re-create. A TTL is also the hash's own expiry (`PEXPIREAT` of the same instant), so an expired
+//! item is invisible at once, and Redis reclaims it.
+//!
+//! Writes are Lua scripts (see [`scripts`]); a read is one plain `HMGET` of the three fields, so a
+//! get costs the server what a direct `HGETALL` does. Bulk calls are one pipeline each (one round
+//! trip); `multi` is one script.
 //!
 //! # Consistency
 //!
@@ -171,10 +177,12 @@ impl RedisStore {
         match cmd.query_async::<Value>(&mut con).await {
             Ok(v) => Ok(v),
             Err(e) if is_no_script(&e) => match as_eval(cmd) {
-                Some(eval) => eval
-                    .query_async::<Value>(&mut con)
-                    .await
-                    .map_err(|e| backend(context, &e)),
+                Some(eval) => {
+                    tracing::debug!("redis store: the server forgot a script; sending it again");
+                    eval.query_async::<Value>(&mut con)
+                        .await
+                        .map_err(|e| backend(context, &e))
+                }
                 None => Err(backend(context, &e)),
             },
             Err(e) => Err(backend(context, &e)),
@@ -212,6 +220,10 @@ impl RedisStore {
         if forgotten.is_empty() {
             return Ok(replies);
         }
+        tracing::debug!(
+            commands = forgotten.len(),
+            "redis store: the server forgot a script; sending it again"
+        );
         let retried: Vec<RedisResult<Value>> = again.query_async(&mut con).await?;
         check_reply_count(forgotten.len(), retried.len())?;
         for (i, reply) in forgotten.into_iter().zip(retried) {
