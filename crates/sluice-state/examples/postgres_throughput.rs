@@ -8,13 +8,16 @@
 //!
 //! For each operation — `get`, `set` (last-write upsert) and a 10-operation `multi` (ten
 //! upserts in one transaction) — at concurrency 1 and 32, it runs the direct client and
-//! `PostgresStore` alternately, twice each for `BENCH_SECS` seconds (default 1.5), and prints
-//! operations per second and p99 latency of each, and Sluice's throughput as a percentage of
-//! the direct client's. The direct client runs the statements `PostgresStore` runs (same SQL,
-//! prepared once per connection; the ten upserts of a transaction pipelined, as the store does),
-//! one connection per task; the store gets a pool of as many connections. Each writing task
-//! writes keys of its own, so writers never wait on each other's row locks. Values are 80-byte
-//! JSON objects (stored in `value` and, for queries, `value_json`).
+//! `PostgresStore` alternately, six times each for `BENCH_SECS` seconds (default 0.5), and
+//! prints for each: operations per second, p99 latency, client-side CPU time per operation
+//! (this process: benchmark, tokio, client library and Sluice; not the server's), and Sluice's
+//! throughput as a percentage of the direct client's.
+//!
+//! The direct client runs the statements `PostgresStore` runs (same SQL, prepared once per
+//! connection; the ten upserts of a transaction pipelined, as the store does), one connection
+//! per task; the store gets a pool of as many connections. Each writing task writes keys of its
+//! own, so writers never wait on each other's row locks. Values are 80-byte JSON objects (stored
+//! in `value` and, for queries, `value_json`).
 //!
 //! The table (`sluice_state_bench_<random>`) is dropped at the end.
 
@@ -36,8 +39,12 @@ const READ_KEYS: usize = 1_000;
 const MULTI_OPS: usize = 10;
 /// The concurrency levels measured.
 const CONCURRENCY: [usize; 2] = [1, 32];
+/// Timed runs per client and figure.
+const ROUNDS: usize = 6;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// A statement on its way, borrowing the connection.
+type Pending<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// A tiny xorshift generator: key choice needs no quality, only speed and no dependency.
 struct Rng(u64);
@@ -160,9 +167,7 @@ impl Direct {
             Op::Multi => {
                 let tx = self.client.transaction().await?;
                 let upsert = &self.upsert;
-                let futures: Vec<
-                    Pin<Box<dyn Future<Output = Result<i64, tokio_postgres::Error>> + Send + '_>>,
-                > = keys
+                let futures: Vec<Pending<'_, Result<i64, tokio_postgres::Error>>> = keys
                     .iter()
                     .zip(values)
                     .map(|(key, (raw, json))| {
@@ -172,7 +177,7 @@ impl Direct {
                                 .query_one(upsert, &[key, &raw.as_slice(), json, &ttl])
                                 .await?;
                             row.try_get::<_, i64>(0)
-                        }) as Pin<Box<dyn Future<Output = _> + Send + '_>>
+                        }) as Pending<'_, _>
                     })
                     .collect();
                 for result in join_in_order(futures).await {
@@ -186,9 +191,7 @@ impl Direct {
 }
 
 /// Polls every future once (sending each statement, in order), then waits for them in order.
-async fn join_in_order<T>(
-    mut futures: Vec<Pin<Box<dyn Future<Output = T> + Send + '_>>>,
-) -> Vec<T> {
+async fn join_in_order<T>(mut futures: Vec<Pending<'_, T>>) -> Vec<T> {
     let mut out: Vec<Option<T>> = futures.iter().map(|_| None).collect();
     let mut started = false;
     let mut next = 0;
@@ -249,12 +252,37 @@ struct Figures {
     ops: u64,
     elapsed: Duration,
     latency_us: Histogram<u64>,
+    /// CPU time this process (client side: the benchmark, tokio, the client library and Sluice)
+    /// spent during the run; the server's is not included.
+    cpu: Duration,
+}
+
+/// CPU time (user + system) this process has used so far, from `/proc/self/stat` (Linux; zero
+/// elsewhere). Resolution: one clock tick (10 ms); runs add up to seconds.
+fn process_cpu() -> Duration {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return Duration::ZERO;
+    };
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return Duration::ZERO;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Duration::from_millis((ticks(11) + ticks(12)) * 10)
 }
 
 impl Figures {
     fn merge(&mut self, other: &Figures) -> Result<(), BoxError> {
         self.ops += other.ops;
         self.elapsed += other.elapsed;
+        self.cpu += other.cpu;
         self.latency_us.add(&other.latency_us)?;
         Ok(())
     }
@@ -263,9 +291,23 @@ impl Figures {
         self.ops as f64 / self.elapsed.as_secs_f64()
     }
 
+    fn cpu_us_per_op(&self) -> f64 {
+        self.cpu.as_secs_f64() * 1e6 / self.ops.max(1) as f64
+    }
+
     fn p99_ms(&self) -> f64 {
         self.latency_us.value_at_quantile(0.99) as f64 / 1000.0
     }
+}
+
+/// Figures with nothing measured yet.
+fn empty() -> Result<Figures, BoxError> {
+    Ok(Figures {
+        ops: 0,
+        elapsed: Duration::ZERO,
+        latency_us: histogram()?,
+        cpu: Duration::ZERO,
+    })
 }
 
 fn histogram() -> Result<Histogram<u64>, BoxError> {
@@ -302,6 +344,7 @@ async fn measure(
     values: &Arc<Vec<(Vec<u8>, Value)>>,
 ) -> Result<Figures, BoxError> {
     let start = Instant::now();
+    let cpu_before = process_cpu();
     let deadline = start + secs;
     let mut tasks = tokio::task::JoinSet::new();
     let mut taken: Vec<Direct> = Vec::new();
@@ -334,11 +377,7 @@ async fn measure(
             Ok((ops, hist, direct))
         });
     }
-    let mut figures = Figures {
-        ops: 0,
-        elapsed: Duration::ZERO,
-        latency_us: histogram()?,
-    };
+    let mut figures = empty()?;
     while let Some(joined) = tasks.join_next().await {
         let (ops, hist, direct) = joined??;
         figures.ops += ops;
@@ -346,6 +385,7 @@ async fn measure(
         directs.extend(direct);
     }
     figures.elapsed = start.elapsed();
+    figures.cpu = process_cpu().saturating_sub(cpu_before);
     Ok(figures)
 }
 
@@ -358,7 +398,7 @@ async fn main() -> Result<(), BoxError> {
     let secs = std::env::var("BENCH_SECS")
         .ok()
         .and_then(|s| s.parse::<f64>().ok())
-        .map_or(Duration::from_millis(1500), Duration::from_secs_f64);
+        .map_or(Duration::from_millis(500), Duration::from_secs_f64);
     let max_concurrency = CONCURRENCY.iter().copied().max().unwrap_or(1);
     let table = format!(
         "sluice_state_bench_{:016x}",
@@ -421,14 +461,22 @@ async fn bench(
     }
     let store: Arc<dyn Store> = Arc::new(store);
     println!(
-        "PostgreSQL state store vs tokio-postgres, {} cores, {:.1} s × 2 per figure; {}",
+        "PostgreSQL state store vs tokio-postgres, {} cores, {ROUNDS} × {:.1} s per figure; {}",
         std::thread::available_parallelism().map_or(1, |n| n.get()),
         secs.as_secs_f64(),
         version.split(" on ").next().unwrap_or(&version)
     );
     println!(
-        "{:<10} {:>5} {:>14} {:>10} {:>14} {:>10} {:>9}",
-        "operation", "tasks", "direct ops/s", "p99 ms", "sluice ops/s", "p99 ms", "sluice %"
+        "{:<10} {:>5} {:>13} {:>8} {:>9} {:>13} {:>8} {:>9} {:>9}",
+        "operation",
+        "tasks",
+        "direct ops/s",
+        "p99 ms",
+        "cpu µs/op",
+        "sluice ops/s",
+        "p99 ms",
+        "cpu µs/op",
+        "sluice %"
     );
     for op in [Op::Get, Op::Set, Op::Multi] {
         for concurrency in CONCURRENCY {
@@ -451,36 +499,34 @@ async fn bench(
                 &values,
             )
             .await?;
-            let mut direct = measure(op, concurrency, secs, None, &mut directs, &values).await?;
-            let mut sluice = measure(
-                op,
-                concurrency,
-                secs,
-                Some(Arc::clone(&store)),
-                &mut directs,
-                &values,
-            )
-            .await?;
-            sluice.merge(
-                &measure(
-                    op,
-                    concurrency,
-                    secs,
-                    Some(Arc::clone(&store)),
-                    &mut directs,
-                    &values,
-                )
-                .await?,
-            )?;
-            direct.merge(&measure(op, concurrency, secs, None, &mut directs, &values).await?)?;
+            let mut direct = empty()?;
+            let mut sluice = empty()?;
+            for round in 0..ROUNDS {
+                // Alternate which goes first, so that drift (other load on the machine) hits
+                // both alike.
+                for sluice_turn in [round % 2 == 1, round % 2 == 0] {
+                    if sluice_turn {
+                        let store = Some(Arc::clone(&store));
+                        sluice.merge(
+                            &measure(op, concurrency, secs, store, &mut directs, &values).await?,
+                        )?;
+                    } else {
+                        direct.merge(
+                            &measure(op, concurrency, secs, None, &mut directs, &values).await?,
+                        )?;
+                    }
+                }
+            }
             println!(
-                "{:<10} {:>5} {:>14.0} {:>10.2} {:>14.0} {:>10.2} {:>8.1}%",
+                "{:<10} {:>5} {:>13.0} {:>8.2} {:>9.1} {:>13.0} {:>8.2} {:>9.1} {:>8.1}%",
                 op.name(),
                 concurrency,
                 direct.per_second(),
                 direct.p99_ms(),
+                direct.cpu_us_per_op(),
                 sluice.per_second(),
                 sluice.p99_ms(),
+                sluice.cpu_us_per_op(),
                 100.0 * sluice.per_second() / direct.per_second()
             );
         }

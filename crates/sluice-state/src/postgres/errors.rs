@@ -18,8 +18,12 @@ pub(crate) struct Target(pub String);
 impl Target {
     /// A failure of `what` (e.g. "get key \"a\"") reported by the server or the connection.
     pub fn pg(&self, what: &str, e: &tokio_postgres::Error) -> StateError {
-        if e.code() == Some(&SqlState::INVALID_ESCAPE_SEQUENCE) {
-            // The one kind of bad input only the server can spot (a LIKE pattern).
+        // Bad input only the server can spot: a LIKE pattern it rejects, or a key too long for
+        // the primary-key index (about 2,700 bytes).
+        if matches!(
+            e.code(),
+            Some(&SqlState::INVALID_ESCAPE_SEQUENCE | &SqlState::PROGRAM_LIMIT_EXCEEDED)
+        ) {
             return StateError::InvalidRequest(format!("{what}: {}", describe(e)));
         }
         StateError::Backend {

@@ -28,16 +28,24 @@
 //! * **Bulk operations** run in one transaction, pipelined in one round trip, with a result per
 //!   request: a failed condition is reported for its key and the rest applies. A server failure
 //!   rolls the whole batch back and is reported for every request.
-//! * **`multi`** checks every condition against the state before the transaction (rows locked),
-//!   then applies every operation in order; see [`tx`](self) for the details.
+//! * **`multi`** checks every condition against the state before the transaction (the rows
+//!   locked), then applies every operation in order, all or nothing. A key the check found
+//!   absent cannot be locked, so its first operation runs conditionally and a concurrent writer
+//!   that created it meanwhile aborts the transaction rather than being overwritten. A failure of
+//!   the request is a [`StateError::TransactionAborted`] naming the operation; a failure of the
+//!   server is returned as the [`StateError::Backend`] it is, so retry policies see whether it is
+//!   transient (nothing was applied — unless the connection broke during the commit itself, when
+//!   the outcome is unknown, as with any database client).
 //! * **Queries** are translated to SQL over `value_json`; see [`PostgresStore::query`].
 //! * **Consistency**: PostgreSQL is strongly consistent (one primary, read-your-writes); both
 //!   hints, eventual and strong, are served strongly.
 //! * **Failures**: connection failures (refused, reset, closed, timed out), server shutdowns,
 //!   serialization failures (40001) and deadlocks (40P01) are transient
 //!   ([`StateError::is_transient`]); the pool replaces closed connections, so the store recovers
-//!   by itself after a server restart. Keys must not contain NUL (PostgreSQL `text` cannot hold
-//!   it): such a key is an [`StateError::InvalidRequest`].
+//!   by itself after a server restart.
+//! * **Limits**: keys must not contain NUL (PostgreSQL `text` cannot hold it), and a key longer
+//!   than about 2,700 bytes does not fit the primary-key index; either is an
+//!   [`StateError::InvalidRequest`] (in a bulk set, one such key fails the whole batch).
 
 mod connection;
 mod errors;
@@ -445,8 +453,16 @@ impl Store for PostgresStore {
         listing::keys(&client, &inner.names.table, &inner.target, pattern, page).await
     }
 
-    /// Translates the query to SQL over `value_json` (see [`query_sql`](self) for the mapping and
-    /// the cases answered by evaluating the filter in Sluice instead).
+    /// Translates the query to SQL over `value_json`: a path walks objects only (`-> $1 -> $2`,
+    /// never into arrays), EQ / NEQ / IN use jsonb equality, GT / GTE / LT / LTE hold only
+    /// between two numbers or two strings (strings by code point, `COLLATE "C"`), sorting orders
+    /// by kind of value as jsonb does with absent fields last, and pages are `LIMIT` / `OFFSET`
+    /// with the offset as token — the semantics of [`crate::query::run`]. When a sort key holds
+    /// an array or an object in a matching row (jsonb orders those by size first, Sluice element
+    /// by element), the page is computed by [`crate::query::run`] over the matching rows, at most
+    /// 100,000 of them. Numbers with more digits than an `f64` holds compare exactly here (Sluice
+    /// rounds them), and an object holding `\u0000` in a string, which jsonb cannot store, is
+    /// never found.
     async fn query(&self, q: &Query) -> Result<QueryResponse, StateError> {
         query_sql::run(&self.inner, q).await
     }

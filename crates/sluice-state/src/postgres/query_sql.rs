@@ -20,11 +20,11 @@
 //! key. Pages are `LIMIT`/`OFFSET` with the offset as the token, the token format of
 //! [`crate::query::run`].
 //!
-//! Two cases are answered by [`crate::query::run`] in Sluice instead, over the rows the
-//! translated filter selects (at most [`MAX_EVALUATED_ROWS`], else an
-//! [`StateError::InvalidRequest`]): a sort key whose value is an array or an object in some
-//! matching row (jsonb orders those by size first; Sluice orders them element by element). The
-//! query notices that case itself (a window column over the matching rows) and re-runs.
+//! One case is answered by [`crate::query::run`] in Sluice instead, over the rows the translated
+//! filter selects (at most [`MAX_EVALUATED_ROWS`], else an [`StateError::InvalidRequest`]): a
+//! sort key whose value is an array or an object in some matching row (jsonb orders those by
+//! size first, Sluice element by element). The query notices that case itself (a window column
+//! over the matching rows) and runs again that way.
 //!
 //! Known differences from the in-process evaluation: numbers with more digits than an `f64`
 //! holds compare exactly in PostgreSQL (Sluice rounds them to `f64`), and a JSON object holding
@@ -41,7 +41,7 @@ use crate::keys::page_limit;
 use crate::query::{self, Filter, Query, QueryResponse, QueryResult, Sort};
 
 /// Most rows a query evaluated in Sluice may select (see the module documentation).
-pub const MAX_EVALUATED_ROWS: usize = 100_000;
+pub(crate) const MAX_EVALUATED_ROWS: usize = 100_000;
 
 /// An SQL text with its parameters, built up in order.
 #[derive(Default)]

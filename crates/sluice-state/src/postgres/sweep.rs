@@ -49,7 +49,8 @@ pub(crate) fn spawn(pool: Pool, sql: String, target: Target, interval: Duration)
     Sweeper(tokio::spawn(async move {
         let mut ticks = tokio::time::interval(interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // The first tick is immediate; there is nothing to sweep at startup worth delaying for.
+        // The first tick completes at once; skip it, so the first sweep comes one interval after
+        // the start.
         ticks.tick().await;
         loop {
             ticks.tick().await;

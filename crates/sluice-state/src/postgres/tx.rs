@@ -6,10 +6,10 @@
 //!    are read and locked (`FOR UPDATE`, in key order) and every condition is checked against
 //!    that pre-transaction state; the first that fails aborts.
 //! 3. The operations run in list order, pipelined. Locked rows cannot change under the
-//!    transaction. A key the check found absent cannot be locked, so the first operation on it
-//!    runs conditionally (an insert that yields to a live row, a delete that reports whether it
-//!    met one): a concurrent writer that created the key meanwhile aborts the transaction
-//!    instead of being silently overwritten.
+//!    transaction. A key the check found absent (for a first-write) cannot be locked, so until
+//!    the transaction writes it, the operations on it run conditionally (an insert that yields
+//!    to a live row, a delete that reports whether it met one): a concurrent writer that created
+//!    the key meanwhile aborts the transaction instead of being silently overwritten.
 //! 4. Commit, or roll back on any failure.
 //!
 //! Failures of the request abort with [`StateError::TransactionAborted`] naming the operation.
@@ -99,7 +99,7 @@ pub(crate) async fn multi(inner: &Inner, ops: Vec<TxOperation>) -> Result<(), St
         .filter(|op| op.expect() != Expect::Any)
         .map(Op::key)
         .collect();
-    // Keys found absent that some operation needs absent: their first operation is guarded.
+    // Keys found absent that some operation needs absent (first-writes).
     let mut guarded: HashSet<&str> = HashSet::new();
     let mut kinds: Vec<Kind> = Vec::new();
     for op in &validated {
@@ -149,15 +149,19 @@ pub(crate) async fn multi(inner: &Inner, ops: Vec<TxOperation>) -> Result<(), St
         }
     }
 
-    let mut touched: HashSet<&str> = HashSet::new();
+    // Until the transaction's own first write of a guarded key, a live row there can only be a
+    // concurrent writer's: those operations run conditionally.
+    let mut created: HashSet<&str> = HashSet::new();
     let steps: Vec<Step<'_>> = validated
         .iter()
         .map(|op| {
-            let first_touch = touched.insert(op.key());
-            let guard = first_touch && guarded.contains(op.key());
+            let guard = guarded.contains(op.key()) && !created.contains(op.key());
             match (op, guard) {
                 (Op::Set(w), false) => Step::Set(w, Kind::Upsert, 0),
-                (Op::Set(w), true) => Step::Set(w, Kind::InsertAbsent, 0),
+                (Op::Set(w), true) => {
+                    created.insert(op.key());
+                    Step::Set(w, Kind::InsertAbsent, 0)
+                }
                 (Op::Delete(r), false) => Step::Delete(&r.key, Kind::Delete, 0),
                 (Op::Delete(r), true) => Step::Delete(&r.key, Kind::DeleteReturningLive, 0),
             }

@@ -37,6 +37,10 @@ pub(crate) fn ttl_millis(ttl: Option<Duration>) -> Option<i64> {
 
 /// True if `value` is a JSON object that `jsonb` accepts (no string holds `\u0000`, which jsonb
 /// rejects), so it is worth storing in `value_json` for queries.
+///
+/// Validates without building the value; only a value with `\u` escapes is parsed in full, to
+/// see whether an escape stands for NUL or half a surrogate pair (both of which jsonb rejects;
+/// the parse rejects the second).
 pub(crate) fn is_json_object(value: &[u8]) -> bool {
     let starts_like_object = value
         .iter()
@@ -45,10 +49,14 @@ pub(crate) fn is_json_object(value: &[u8]) -> bool {
     if !starts_like_object {
         return false;
     }
-    match serde_json::from_slice::<Value>(value) {
-        Ok(v @ Value::Object(_)) => !holds_nul(&v),
-        _ => false,
+    if value.windows(2).any(|w| w == b"\\u") {
+        return match serde_json::from_slice::<Value>(value) {
+            Ok(v @ Value::Object(_)) => !holds_nul(&v),
+            _ => false,
+        };
     }
+    // Valid JSON that starts with `{` is an object.
+    serde_json::from_slice::<serde::de::IgnoredAny>(value).is_ok()
 }
 
 /// True if any string or object key in `v` contains NUL.
@@ -102,6 +110,9 @@ mod tests {
         assert!(is_json_object(br#"{"a":1}"#));
         assert!(is_json_object(b"  \n{\"a\": {\"b\": [1, \"x\"]}}"));
         assert!(is_json_object(b"{}"));
+        // The escape of a backslash followed by `u0000` is no NUL.
+        assert!(is_json_object(br#"{"a":"\\u0000"}"#));
+        assert!(is_json_object(br#"{"a":"\ud83d\ude00 \u00e9"}"#));
         for not in [
             &b"[1,2]"[..],
             b"42",
@@ -113,6 +124,9 @@ mod tests {
             br#"{"\u0000":1}"#,
             br#"{"a":[{"b":"x\u0000"}]}"#,
             br#"{"a":1} trailing"#,
+            br#"{"a":1"#,
+            br#"{"a":"\ud800"}"#,
+            br#"{"a":"\ude00 lone"}"#,
         ] {
             assert!(!is_json_object(not), "{:?}", String::from_utf8_lossy(not));
         }
