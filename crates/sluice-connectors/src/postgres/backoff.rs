@@ -1,0 +1,77 @@
+//! Exponential backoff between reconnect attempts.
+
+use std::time::Duration;
+
+/// The first pause.
+const FIRST: Duration = Duration::from_millis(100);
+/// The longest pause.
+const MAX: Duration = Duration::from_secs(5);
+
+/// Pauses that double from 100 ms up to 5 s, reset after a success.
+#[derive(Debug)]
+pub struct Backoff {
+    next: Duration,
+    attempts: u32,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Backoff {
+    /// A backoff at its first pause.
+    pub fn new() -> Self {
+        Backoff {
+            next: FIRST,
+            attempts: 0,
+        }
+    }
+
+    /// The pause the next [`wait`](Self::wait) sleeps.
+    #[cfg(test)]
+    pub fn next_delay(&self) -> Duration {
+        self.next
+    }
+
+    /// How many waits since the last reset.
+    #[cfg(test)]
+    pub fn attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    /// Sleeps the current pause and doubles the next.
+    pub async fn wait(&mut self) {
+        tokio::time::sleep(self.next).await;
+        self.attempts += 1;
+        self.next = (self.next * 2).min(MAX);
+    }
+
+    /// Back to the first pause.
+    pub fn reset(&mut self) {
+        self.next = FIRST;
+        self.attempts = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn doubles_up_to_the_cap_and_resets() {
+        let mut b = Backoff::new();
+        let mut seen = Vec::new();
+        for _ in 0..8 {
+            seen.push(b.next_delay());
+            b.wait().await;
+        }
+        assert_eq!(seen[0], Duration::from_millis(100));
+        assert_eq!(seen[1], Duration::from_millis(200));
+        assert_eq!(*seen.last().expect("some"), MAX);
+        assert_eq!(b.attempts(), 8);
+        b.reset();
+        assert_eq!(b.next_delay(), FIRST);
+    }
+}
