@@ -54,11 +54,14 @@ impl Client for SluiceClient {
 /// the ETag (what the memory backend keeps), and nothing else.
 #[derive(Default)]
 pub struct MemoryDirect {
-    inner: Mutex<(HashMap<String, (Bytes, u64)>, u64)>,
+    inner: Mutex<Versioned>,
 }
 
+/// The items, each with its version, and the last version handed out.
+type Versioned = (HashMap<String, (Bytes, u64)>, u64);
+
 impl MemoryDirect {
-    fn lock(&self) -> std::sync::MutexGuard<'_, (HashMap<String, (Bytes, u64)>, u64)> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Versioned> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 

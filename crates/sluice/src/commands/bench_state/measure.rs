@@ -103,6 +103,20 @@ impl Stats {
     pub fn p99_micros(&self) -> f64 {
         self.latency.value_at_quantile(0.99) as f64 / 1_000.0
     }
+
+    /// Adds another measurement of the same operation (a later round) to this one.
+    pub fn merge(total: Option<Stats>, round: Stats) -> Result<Stats, BenchError> {
+        let Some(mut total) = total else {
+            return Ok(round);
+        };
+        total.ops += round.ops;
+        total.window += round.window;
+        total
+            .latency
+            .add(&round.latency)
+            .map_err(|e| BenchError::new(format!("cannot merge histograms: {e}")))?;
+        Ok(total)
+    }
 }
 
 /// How long to measure and how long to warm up first.
@@ -112,6 +126,16 @@ pub struct Timing {
     pub warmup: Duration,
     /// The measured window after the warm-up.
     pub window: Duration,
+}
+
+impl Timing {
+    /// One of `rounds` equal shares of the warm-up and the window.
+    pub fn share(self, rounds: u32) -> Timing {
+        Timing {
+            warmup: self.warmup / rounds.max(1),
+            window: self.window / rounds.max(1),
+        }
+    }
 }
 
 fn histogram() -> Result<Histogram<u64>, BenchError> {

@@ -2,9 +2,12 @@
 //! state backend at a few concurrencies, each beside the same operation done directly with the
 //! backend's own client library in the same run, plus durable sets/s through redb's bulk set.
 //!
-//! Each side keeps its own copy of the data set (10,000 keys of 128 bytes, loaded first), and the
-//! two sides of a row run one after the other for the same time, after a short warm-up. Writes
-//! are last-write sets of existing keys; redb commits are durable (fsync), like the backend's.
+//! Each side keeps its own copy of the data set (10,000 keys of 128 bytes, loaded first). The two
+//! sides of a row alternate (Sluice, direct, Sluice, direct, ...: `--rounds`, 4 by default), each
+//! round for an equal share of the time asked for after a short warm-up, and each side's rounds
+//! are summed. Reads spread over every key; each task
+//! writes keys of its own, so writers never wait on each other's row locks. Writes are
+//! last-write sets of existing keys; redb commits are durable (fsync), like the backend's.
 
 mod clients;
 mod measure;
@@ -25,7 +28,7 @@ use sluice_state::{
 };
 
 use clients::{MemoryDirect, SluiceClient};
-use measure::{Client, Op, Timing, Workload};
+use measure::{Client, Op, Stats, Timing, Workload};
 use postgres_direct::PostgresDirect;
 use redb_direct::RedbDirect;
 use redis_direct::RedisDirect;
@@ -70,9 +73,15 @@ pub struct StateBenchArgs {
     )]
     pub backends: Vec<Backend>,
 
-    /// With --state: seconds each side of each row is measured (after a warm-up of a fifth of it).
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+    /// With --state: seconds each side of each row is measured (plus a fifth of it to warm up).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..))]
     pub seconds: u64,
+
+    /// With --state: each side of a row runs this many times, alternating with the other, for an
+    /// equal share of the time each, so that a change of load on the machine during a row weighs
+    /// on both sides alike.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub rounds: u32,
 
     /// With --state: the numbers of concurrent tasks to measure at.
     #[arg(long, value_delimiter = ',', default_value = "1,32")]
@@ -105,6 +114,7 @@ impl BenchError {
 struct Bench {
     workload: Arc<Workload>,
     timing: Timing,
+    rounds: u32,
     concurrency: Vec<usize>,
 }
 
@@ -127,6 +137,7 @@ pub async fn bench_state(
             warmup: window / 5,
             window,
         },
+        rounds: args.rounds,
         concurrency: args
             .concurrency
             .iter()
@@ -162,10 +173,11 @@ pub async fn bench_state(
     }
     writeln!(
         out,
-        "State stores: {KEYS} keys of {VALUE_LEN} bytes, {} s per side of each row after a {} ms \
-         warm-up, {} cores",
+        "State stores: {KEYS} keys of {VALUE_LEN} bytes; {} s per side of each row, in {} \
+         alternating rounds each after a {} ms warm-up; {} cores",
         args.seconds,
-        bench.timing.warmup.as_millis(),
+        args.rounds,
+        bench.timing.share(args.rounds).warmup.as_millis(),
         std::thread::available_parallelism().map_or(1, |n| n.get())
     )?;
     writeln!(out)?;
@@ -207,19 +219,25 @@ impl Bench {
         for op in [Op::Get, Op::Set, Op::Multi] {
             for &concurrency in &self.concurrency {
                 eprintln!("{backend}: {} at concurrency {concurrency}", op.label());
-                let sluice_stats = if op == Op::Multi && !transactional {
-                    Err("not supported".to_string())
-                } else {
-                    Ok(measure::run(&sluice, &self.workload, op, concurrency, self.timing).await?)
-                };
-                let direct_stats =
-                    measure::run(&direct, &self.workload, op, concurrency, self.timing).await?;
+                let supported = op != Op::Multi || transactional;
+                let timing = self.timing.share(self.rounds);
+                let (mut sluice_stats, mut direct_stats) = (None, None);
+                for _ in 0..self.rounds {
+                    if supported {
+                        let round =
+                            measure::run(&sluice, &self.workload, op, concurrency, timing).await?;
+                        sluice_stats = Some(Stats::merge(sluice_stats, round)?);
+                    }
+                    let round =
+                        measure::run(&direct, &self.workload, op, concurrency, timing).await?;
+                    direct_stats = Some(Stats::merge(direct_stats, round)?);
+                }
                 rows.push(Row {
                     backend,
                     operation: op.label().to_string(),
                     concurrency,
-                    sluice: sluice_stats,
-                    direct: Ok(direct_stats),
+                    sluice: sluice_stats.ok_or_else(|| "not supported".to_string()),
+                    direct: direct_stats.ok_or_else(|| "not measured".to_string()),
                 });
             }
         }
@@ -272,29 +290,35 @@ impl Bench {
             .collect();
         let value: &Bytes = &self.workload.value;
         let pick = |round: u64| Arc::clone(&batches[round as usize % batches.len()]);
-        let sluice = measure::run_batches(BULK_BATCH, self.timing, |round| {
-            let reqs = pick(round)
-                .iter()
-                .map(|k| SetRequest::new(k.as_str(), value.clone()))
-                .collect();
-            async move {
-                match store.set_many(reqs).await.into_iter().find_map(Result::err) {
-                    Some(e) => Err(BenchError::new(format!("bulk set: {e}"))),
-                    None => Ok(()),
+        let timing = self.timing.share(self.rounds);
+        let (mut sluice, mut direct_stats) = (None, None);
+        for _ in 0..self.rounds {
+            let round = measure::run_batches(BULK_BATCH, timing, |round| {
+                let reqs = pick(round)
+                    .iter()
+                    .map(|k| SetRequest::new(k.as_str(), value.clone()))
+                    .collect();
+                async move {
+                    match store.set_many(reqs).await.into_iter().find_map(Result::err) {
+                        Some(e) => Err(BenchError::new(format!("bulk set: {e}"))),
+                        None => Ok(()),
+                    }
                 }
-            }
-        })
-        .await?;
-        let direct_stats = measure::run_batches(BULK_BATCH, self.timing, |round| {
-            direct.set_many(pick(round), value)
-        })
-        .await?;
+            })
+            .await?;
+            sluice = Some(Stats::merge(sluice, round)?);
+            let round = measure::run_batches(BULK_BATCH, timing, |round| {
+                direct.set_many(pick(round), value)
+            })
+            .await?;
+            direct_stats = Some(Stats::merge(direct_stats, round)?);
+        }
         rows.push(Row {
             backend: "redb",
             operation: BULK_LABEL.to_string(),
             concurrency: 1,
-            sluice: Ok(sluice),
-            direct: Ok(direct_stats),
+            sluice: sluice.ok_or_else(|| "not measured".to_string()),
+            direct: direct_stats.ok_or_else(|| "not measured".to_string()),
         });
         Ok(())
     }
@@ -373,6 +397,7 @@ mod tests {
                 warmup: Duration::from_millis(5),
                 window: Duration::from_millis(30),
             },
+            rounds: 2,
             concurrency: vec![1, 4],
         }
     }
@@ -387,6 +412,8 @@ mod tests {
             "memory,redb",
             "--seconds",
             "2",
+            "--rounds",
+            "3",
             "--concurrency",
             "1,8",
             "--postgres-url",
@@ -399,6 +426,7 @@ mod tests {
         assert!(args.state.state);
         assert_eq!(args.state.backends, vec![Backend::Memory, Backend::Redb]);
         assert_eq!(args.state.seconds, 2);
+        assert_eq!(args.state.rounds, 3);
         assert_eq!(args.state.concurrency, vec![1, 8]);
         assert_eq!(
             args.state.postgres_url.as_deref(),
@@ -472,6 +500,7 @@ mod tests {
             state: true,
             backends: vec![Backend::Postgres, Backend::Redis],
             seconds: 1,
+            rounds: 1,
             concurrency: vec![1],
             postgres_url: None,
             redis_url: None,
@@ -495,6 +524,7 @@ mod tests {
             state: true,
             backends: vec![Backend::Redis],
             seconds: 1,
+            rounds: 1,
             concurrency: vec![1],
             postgres_url: None,
             // Port 1 on loopback: nothing listens there.
