@@ -202,7 +202,7 @@ impl Destination for MockDestination {
         let mut written = self.journal.written.lock().expect("journal");
         let out = written.entry(self.name.clone()).or_default();
         for (i, n) in self.unsettled.iter().enumerate() {
-            if self.nack_every != 0 && n % self.nack_every == 0 {
+            if self.nack_every != 0 && n.is_multiple_of(self.nack_every) {
                 nacks.push(Nack {
                     index: i,
                     reason: format!("record {n} refused"),
@@ -302,9 +302,9 @@ impl sluice_sdk::Processor for MockProcessor {
             .into_iter()
             .map(|mut r| {
                 let n = payload_number(&r);
-                if self.filter_every != 0 && n % self.filter_every == 0 {
+                if self.filter_every != 0 && n.is_multiple_of(self.filter_every) {
                     sluice_sdk::Processed::Filtered
-                } else if self.fail_every != 0 && n % self.fail_every == 0 {
+                } else if self.fail_every != 0 && n.is_multiple_of(self.fail_every) {
                     sluice_sdk::Processed::Failed(format!("record {n} rejected"))
                 } else {
                     r.metadata.insert("processed".into(), "yes".into());
