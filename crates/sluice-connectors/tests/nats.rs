@@ -69,14 +69,26 @@ impl Streams {
     /// Makes a stream capturing `subject`; its messages expire after ten minutes in case the
     /// test dies before deleting it.
     async fn create(&self, js: &jetstream::Context, name: &str, subject: &str) {
-        js.create_stream(stream::Config {
-            name: name.to_string(),
-            subjects: vec![subject.to_string()],
-            max_age: Duration::from_secs(600),
-            ..Default::default()
-        })
-        .await
-        .expect("create stream");
+        // The broker-restart test in this file may have the server down for a moment: retry.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let r = js
+                .create_stream(stream::Config {
+                    name: name.to_string(),
+                    subjects: vec![subject.to_string()],
+                    max_age: Duration::from_secs(600),
+                    ..Default::default()
+                })
+                .await;
+            match r {
+                Ok(_) => break,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    eprintln!("create stream {name}: {e}; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => panic!("create stream {name}: {e}"),
+            }
+        }
         self.0.lock().expect("lock").push(name.to_string());
     }
 
