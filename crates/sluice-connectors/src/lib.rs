@@ -17,6 +17,9 @@ pub mod file;
 pub mod generator;
 pub mod log;
 
+#[cfg(any(feature = "amqp", feature = "mqtt", feature = "http"))]
+mod backoff;
+
 #[cfg(feature = "amqp")]
 pub mod amqp;
 #[cfg(feature = "http")]

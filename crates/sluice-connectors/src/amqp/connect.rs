@@ -7,10 +7,10 @@ use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use tokio::time::timeout;
 
-use super::backoff::Backoff;
 use super::config::{Endpoint, Topology};
 use super::error::{is_connection_error, is_refusal, AmqpError};
 use super::param;
+use crate::backoff::Backoff;
 
 /// Longest a single connection attempt may take.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);

@@ -11,7 +11,6 @@
 //!
 //! Accepts the settings of Conduit's HTTP connector (`url`, `method`, `headers`, `pollingPeriod`).
 
-mod backoff;
 mod body;
 mod config;
 pub mod destination;

@@ -23,10 +23,10 @@ use sluice_sdk::record::{metadata, unix_nanos_now};
 use sluice_sdk::{Position, Record};
 use tokio::time::Instant;
 
-use super::backoff::Backoff;
 use super::body::{decode, BodyFormat};
 use super::config::PollConfig;
 use super::error::{excerpt, redact, HttpError};
+use crate::backoff::Backoff;
 
 /// Where the poller is.
 #[derive(Debug, Clone, PartialEq)]

@@ -27,10 +27,10 @@ use tokio::task::JoinHandle;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
-use super::backoff::Backoff;
 use super::config::{DestinationConfig, Format};
 use super::error::{refusal, MqttError};
 use super::session::{self, Role};
+use crate::backoff::Backoff;
 
 /// The MQTT destination. See the [module docs](self).
 #[derive(Default)]

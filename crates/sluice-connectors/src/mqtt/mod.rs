@@ -11,7 +11,6 @@
 //! Both reconnect with exponential backoff, for a bounded time, when the broker is down at start or
 //! goes away mid-stream.
 
-mod backoff;
 mod config;
 pub mod destination;
 mod error;

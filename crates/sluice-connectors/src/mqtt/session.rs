@@ -7,9 +7,9 @@ use rumqttc::v5::mqttbytes::v5::{ConnAck, Packet};
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
 use rumqttc::NetworkOptions;
 
-use super::backoff::Backoff;
 use super::config::Session;
 use super::error::{refusal, MqttError};
+use crate::backoff::Backoff;
 
 /// Capacity of the client's request queue (publishes, acks, subscriptions).
 pub(crate) const REQUEST_CAPACITY: usize = 1024;

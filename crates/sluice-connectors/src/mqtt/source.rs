@@ -32,10 +32,10 @@ use tokio::task::JoinHandle;
 use tokio::time::{sleep, timeout};
 use tokio_util::sync::CancellationToken;
 
-use super::backoff::Backoff;
 use super::config::{Format, SourceConfig};
 use super::error::{refusal, MqttError};
 use super::session::{self, Role};
+use crate::backoff::Backoff;
 
 /// Longest a `read` waits for the first message before returning an empty batch.
 pub const READ_WAIT: Duration = Duration::from_millis(200);

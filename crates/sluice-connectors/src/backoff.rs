@@ -1,4 +1,4 @@
-//! Exponential backoff bounded by a deadline, for reconnecting to the MQTT broker.
+//! Exponential backoff bounded by a deadline, for reconnecting to a broker or retrying a request.
 
 use std::time::Duration;
 
