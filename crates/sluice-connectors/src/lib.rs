@@ -17,7 +17,14 @@ pub mod file;
 pub mod generator;
 pub mod log;
 
-#[cfg(any(feature = "amqp", feature = "mqtt", feature = "http"))]
+#[cfg(any(
+    feature = "amqp",
+    feature = "mqtt",
+    feature = "http",
+    feature = "nats",
+    feature = "redis",
+    feature = "postgres"
+))]
 mod backoff;
 
 #[cfg(feature = "amqp")]

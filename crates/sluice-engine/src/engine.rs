@@ -293,6 +293,7 @@ impl Engine {
             .configure(&src_settings)
             .await
             .map_err(conn_err(&p.source.id, "configure"))?;
+        source.set_health(metrics.reporter(&p.id, &p.source.id));
         let src_record = record(&p.source, Side::Source, &src_settings);
         match lifecycle(&previous, &src_record) {
             Hook::Created => {
@@ -327,6 +328,7 @@ impl Engine {
             dest.configure(&settings)
                 .await
                 .map_err(conn_err(&d.id, "configure"))?;
+            dest.set_health(metrics.reporter(&p.id, &d.id));
             let rec = record(d, Side::Destination, &settings);
             match lifecycle(&previous, &rec) {
                 Hook::Created => dest
@@ -365,6 +367,7 @@ impl Engine {
         dlq.configure(&dlq_settings)
             .await
             .map_err(conn_err("dlq", "configure"))?;
+        dlq.set_health(metrics.reporter(&p.id, "dlq"));
 
         let processors = self.processors(&p).await?;
 

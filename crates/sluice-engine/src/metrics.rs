@@ -1,9 +1,11 @@
-//! Per-pipeline counters, updated lock-free on the hot path and read as snapshots.
+//! Per-pipeline counters, updated lock-free on the hot path and read as snapshots, and the health
+//! of every connector: the engine hands each one a [`HealthReporter`] before `open`, and a snapshot
+//! shows the pipeline [`PipelineState::Degraded`] while any of them reports itself degraded.
 
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::Mutex;
 
-use sluice_sdk::{Position, Progress};
+use sluice_sdk::{Health, HealthReporter, Position, Progress};
 
 /// Where a pipeline is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -12,6 +14,9 @@ pub enum PipelineState {
     Starting,
     /// Records are flowing.
     Running,
+    /// Running, but at least one connector reports itself degraded (retrying an unreachable
+    /// service); back to `Running` once every connector recovers. See [`MetricsSnapshot::degraded`].
+    Degraded,
     /// A graceful stop is draining in-flight records.
     Stopping,
     /// Stopped cleanly (source finished or stop requested).
@@ -23,10 +28,11 @@ pub enum PipelineState {
 impl PipelineState {
     fn from_u8(v: u8) -> Self {
         match v {
-            0 => PipelineState::Starting,
-            1 => PipelineState::Running,
-            2 => PipelineState::Stopping,
-            3 => PipelineState::Stopped,
+            v if v == PipelineState::Starting as u8 => PipelineState::Starting,
+            v if v == PipelineState::Running as u8 => PipelineState::Running,
+            v if v == PipelineState::Degraded as u8 => PipelineState::Degraded,
+            v if v == PipelineState::Stopping as u8 => PipelineState::Stopping,
+            v if v == PipelineState::Stopped as u8 => PipelineState::Stopped,
             _ => PipelineState::Failed,
         }
     }
@@ -45,6 +51,8 @@ pub struct PipelineMetrics {
     state: AtomicU8,
     pub(crate) last_checkpoint: Mutex<Option<Position>>,
     pub(crate) progress: Mutex<Option<Progress>>,
+    /// One reporter per connector (source, destinations, dead-letter queue), by connector id.
+    pub(crate) health: Mutex<Vec<(String, HealthReporter)>>,
 }
 
 /// A consistent-enough copy of a pipeline's counters.
@@ -70,8 +78,10 @@ pub struct MetricsSnapshot {
     pub last_checkpoint: Option<Position>,
     /// The source's own progress report.
     pub progress: Option<Progress>,
-    /// Where the pipeline is in its life.
+    /// Where the pipeline is in its life (`Degraded` while running with a degraded connector).
     pub state: PipelineState,
+    /// The connectors reporting themselves degraded now: (connector id, reason).
+    pub degraded: Vec<(String, String)>,
 }
 
 impl PipelineMetrics {
@@ -79,9 +89,32 @@ impl PipelineMetrics {
         self.state.store(s as u8, Relaxed);
     }
 
+    /// Registers a connector's reporter and returns a clone for the connector.
+    pub(crate) fn reporter(&self, pipeline: &str, connector: &str) -> HealthReporter {
+        let r = HealthReporter::new(format!("{pipeline}/{connector}"));
+        lock(&self.health).push((connector.to_string(), r.clone()));
+        r
+    }
+
+    /// The degraded connectors now: (connector id, reason).
+    fn degraded(&self) -> Vec<(String, String)> {
+        lock(&self.health)
+            .iter()
+            .filter_map(|(id, r)| match r.status() {
+                Health::Healthy => None,
+                Health::Degraded(reason) => Some((id.clone(), reason)),
+            })
+            .collect()
+    }
+
     /// The counters now.
     pub fn snapshot(&self) -> MetricsSnapshot {
         let records_in = self.records_in.load(Relaxed);
+        let degraded = self.degraded();
+        let state = match PipelineState::from_u8(self.state.load(Relaxed)) {
+            PipelineState::Running if !degraded.is_empty() => PipelineState::Degraded,
+            s => s,
+        };
         let acked = self.acked.load(Relaxed);
         MetricsSnapshot {
             records_in,
@@ -94,7 +127,8 @@ impl PipelineMetrics {
             lag: records_in.saturating_sub(acked),
             last_checkpoint: lock(&self.last_checkpoint).clone(),
             progress: *lock(&self.progress),
-            state: PipelineState::from_u8(self.state.load(Relaxed)),
+            state,
+            degraded,
         }
     }
 }

@@ -8,6 +8,7 @@
 
 use async_trait::async_trait;
 
+use crate::health::HealthReporter;
 use crate::record::{Position, Record};
 use crate::spec::{Settings, ValidationErrors};
 
@@ -123,6 +124,11 @@ pub trait Source: Send {
         Ok(())
     }
 
+    /// Takes the reporter through which this source tells the host it is degraded (retrying an
+    /// unreachable service) or healthy again. Called by the host before `open`; the default
+    /// ignores it. See [`crate::health`].
+    fn set_health(&mut self, _reporter: HealthReporter) {}
+
     /// Opens the stream at `position` (resume right after it), or at the beginning if none.
     async fn open(&mut self, position: Option<&Position>) -> Result<()>;
 
@@ -185,6 +191,11 @@ pub trait Destination: Send {
     async fn on_deleted(&mut self, _settings: &Settings) -> Result<()> {
         Ok(())
     }
+
+    /// Takes the reporter through which this destination tells the host it is degraded (retrying
+    /// an unreachable service) or healthy again. Called by the host before `open`; the default
+    /// ignores it. See [`crate::health`].
+    fn set_health(&mut self, _reporter: HealthReporter) {}
 
     /// Opens the stream.
     async fn open(&mut self) -> Result<()>;

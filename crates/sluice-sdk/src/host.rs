@@ -17,6 +17,7 @@ use std::collections::VecDeque;
 use async_trait::async_trait;
 
 use crate::connector::{Acks, ConnectorError, Destination, Progress, ReadBatch, Result, Source};
+use crate::health::HealthReporter;
 use crate::record::{Position, Record};
 use crate::spec::Settings;
 
@@ -197,6 +198,10 @@ impl Source for GuardedSource {
         self.inner.on_deleted(settings).await
     }
 
+    fn set_health(&mut self, reporter: HealthReporter) {
+        self.inner.set_health(reporter);
+    }
+
     /// Opens the connector; refused after teardown. Forgets the previous stream's positions.
     async fn open(&mut self, position: Option<&Position>) -> Result<()> {
         if self.phase == Phase::TornDown {
@@ -327,6 +332,10 @@ impl Destination for GuardedDestination {
 
     async fn on_deleted(&mut self, settings: &Settings) -> Result<()> {
         self.inner.on_deleted(settings).await
+    }
+
+    fn set_health(&mut self, reporter: HealthReporter) {
+        self.inner.set_health(reporter);
     }
 
     /// Opens the connector; refused after teardown.

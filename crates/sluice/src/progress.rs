@@ -90,7 +90,8 @@ impl Rate {
 }
 
 /// The counters as a short phrase: `1200 records · 350/s · acked 1100 · lag 100`. A pipeline that
-/// ended shows no rate, and says how it ended.
+/// ended shows no rate, and says how it ended; one with a degraded connector ends with
+/// `degraded: <reason>` (the reasons of every degraded connector, `; `-separated).
 pub fn counters(m: &MetricsSnapshot, rate: f64) -> String {
     let ended = matches!(m.state, PipelineState::Stopped | PipelineState::Failed);
     let mut s = if ended {
@@ -115,7 +116,11 @@ pub fn counters(m: &MetricsSnapshot, rate: f64) -> String {
         PipelineState::Stopping => s.push_str(" · stopping"),
         PipelineState::Stopped => s.push_str(" · done"),
         PipelineState::Failed => s.push_str(" · failed"),
-        PipelineState::Running => {}
+        PipelineState::Running | PipelineState::Degraded => {}
+    }
+    if !ended && !m.degraded.is_empty() {
+        let reasons: Vec<&str> = m.degraded.iter().map(|(_, r)| r.as_str()).collect();
+        s.push_str(&format!(" · degraded: {}", reasons.join("; ")));
     }
     s
 }
@@ -281,6 +286,7 @@ mod tests {
             last_checkpoint: None,
             progress: None,
             state: PipelineState::Running,
+            degraded: vec![],
         }
     }
 
@@ -303,6 +309,27 @@ mod tests {
         assert_eq!(
             counters(&m, 5.0),
             "1200 records · acked 1100 · lag 0 · nacked 3 · dead-lettered 2 · done"
+        );
+    }
+
+    #[test]
+    fn counters_show_why_a_pipeline_is_degraded() {
+        let mut m = snapshot();
+        m.state = PipelineState::Degraded;
+        m.degraded = vec![(
+            "src".into(),
+            "nats: nats://127.0.0.1:4222: connection refused, retrying in 800ms".into(),
+        )];
+        assert_eq!(
+            counters(&m, 0.0),
+            "1200 records · 0/s · acked 1100 · lag 100 · degraded: nats: nats://127.0.0.1:4222: \
+             connection refused, retrying in 800ms"
+        );
+        m.state = PipelineState::Running;
+        m.degraded.clear();
+        assert_eq!(
+            counters(&m, 0.0),
+            "1200 records · 0/s · acked 1100 · lag 100"
         );
     }
 

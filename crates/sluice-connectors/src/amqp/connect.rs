@@ -11,6 +11,7 @@ use super::config::{Endpoint, Topology};
 use super::error::{is_connection_error, is_refusal, AmqpError};
 use super::param;
 use crate::backoff::Backoff;
+use sluice_sdk::HealthReporter;
 
 /// Longest a single connection attempt may take.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -37,11 +38,13 @@ impl Link {
 
 /// Connects and opens a channel, retrying connection failures with backoff for `limit`;
 /// a refused login or an error `setup` reports as not transient fails at once. `setup` prepares
-/// the channel (topology, qos, confirm mode) and is retried with the connection.
+/// the channel (topology, qos, confirm mode) and is retried with the connection. `health` is
+/// degraded while retrying and healthy once connected.
 pub(crate) async fn connect_with<T, F, Fut>(
     endpoint: &Endpoint,
     limit: Duration,
     name: &str,
+    health: &HealthReporter,
     mut setup: F,
 ) -> Result<(Link, T), AmqpError>
 where
@@ -52,7 +55,10 @@ where
     loop {
         let last = match attempt(endpoint, name).await {
             Ok(link) => match setup(link.channel.clone()).await {
-                Ok(prepared) => return Ok((link, prepared)),
+                Ok(prepared) => {
+                    health.healthy();
+                    return Ok((link, prepared));
+                }
                 Err(AmqpError::Broker {
                     detail,
                     transient: true,
@@ -75,7 +81,8 @@ where
             Err(Attempt::Failed(detail)) => detail,
         };
         tracing::warn!(endpoint = %endpoint.display, error = %last, "amqp: broker unreachable, retrying");
-        if !backoff.wait().await {
+        let reason = format!("amqp: {}: {last}", endpoint.display);
+        if !backoff.wait_degraded(health, reason).await {
             return Err(AmqpError::Unreachable {
                 endpoint: endpoint.display.clone(),
                 waited: limit,

@@ -15,6 +15,7 @@ use bytes::Bytes;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Confirmation, PublisherConfirm};
 use sluice_sdk::connector::Result;
+use sluice_sdk::HealthReporter;
 use sluice_sdk::{opencdc, Acks, ConnectorError, Destination, Nack, Record, Settings};
 
 use super::config::{DestinationConfig, Format};
@@ -34,6 +35,8 @@ pub struct AmqpDestination {
     nacks: Vec<Nack>,
     opened: bool,
     stopped: bool,
+    /// Reports reconnects to the host.
+    health: HealthReporter,
 }
 
 /// One written record on its way to the broker.
@@ -80,7 +83,7 @@ impl AmqpDestination {
             "sluice amqp destination (exchange {:?}, routing key {})",
             config.topology.exchange, config.topology.routing_key
         );
-        let (link, ()) = connect_with(&config.endpoint, limit, &name, |channel| {
+        let (link, ()) = connect_with(&config.endpoint, limit, &name, &self.health, |channel| {
             prepare(channel, config.clone())
         })
         .await?;
@@ -99,6 +102,8 @@ impl AmqpDestination {
                 Ok(()) => return Ok(()),
                 Err(e) if is_connection_error(&e) => {
                     tracing::warn!(error = %e, "amqp: destination lost its connection, reconnecting (degraded)");
+                    self.health
+                        .degraded(format!("amqp: connection lost: {e}, reconnecting"));
                     let limit = self.config()?.endpoint.reconnect_timeout;
                     self.reconnect(limit).await?;
                 }
@@ -162,6 +167,10 @@ impl Destination for AmqpDestination {
     async fn configure(&mut self, settings: &Settings) -> Result<()> {
         self.config = Some(DestinationConfig::from_settings(settings)?);
         Ok(())
+    }
+
+    fn set_health(&mut self, reporter: HealthReporter) {
+        self.health = reporter;
     }
 
     async fn open(&mut self) -> Result<()> {

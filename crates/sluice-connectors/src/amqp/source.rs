@@ -27,6 +27,7 @@ use lapin::types::FieldTable;
 use lapin::{Channel, Consumer};
 use sluice_sdk::connector::Result;
 use sluice_sdk::record::{metadata, unix_nanos_now};
+use sluice_sdk::HealthReporter;
 use sluice_sdk::{opencdc, ConnectorError, Data, Position, ReadBatch, Record, Settings, Source};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -55,6 +56,8 @@ pub struct AmqpSource {
     stopped: bool,
     /// A fatal error the consumer task reported, returned by the next `read`.
     failed: Option<String>,
+    /// Reports reconnects to the host.
+    health: HealthReporter,
 }
 
 /// A record read and not yet acknowledged.
@@ -217,6 +220,10 @@ impl Source for AmqpSource {
         Ok(())
     }
 
+    fn set_health(&mut self, reporter: HealthReporter) {
+        self.health = reporter;
+    }
+
     async fn open(&mut self, position: Option<&Position>) -> Result<()> {
         let config = self.config.clone().ok_or(AmqpError::NotConfigured)?;
         let start = match position {
@@ -230,6 +237,7 @@ impl Source for AmqpSource {
             &config.endpoint,
             config.endpoint.connect_timeout,
             &connection_name(&config),
+            &self.health,
             |channel| start_consumer(channel, config.clone()),
         )
         .await?;
@@ -251,6 +259,7 @@ impl Source for AmqpSource {
             tx,
             shared.clone(),
             teardown.clone(),
+            self.health.clone(),
         ));
         self.next_position = start + 1;
         self.last_read = None;
@@ -443,6 +452,7 @@ async fn consume_loop(
     tx: mpsc::Sender<Incoming>,
     shared: Arc<Shared>,
     teardown: CancellationToken,
+    health: HealthReporter,
 ) {
     let mut generation = 1;
     let mut consumer = first;
@@ -474,6 +484,7 @@ async fn consume_loop(
             return;
         }
         tracing::warn!(queue = %config.topology.queue, reason = %lost, "amqp: source lost its connection, reconnecting (degraded)");
+        health.degraded(format!("amqp: connection lost: {lost}, reconnecting"));
         if let Some(old) = shared.replace(None) {
             old.link.close().await;
         }
@@ -482,6 +493,7 @@ async fn consume_loop(
             &config.endpoint,
             config.endpoint.reconnect_timeout,
             &name,
+            &health,
             |channel| start_consumer(channel, config.clone()),
         );
         let outcome = tokio::select! {

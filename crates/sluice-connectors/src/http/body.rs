@@ -112,14 +112,25 @@ pub(crate) fn write_json_payload(data: &Data, out: &mut Vec<u8>) {
 }
 
 /// Appends one record to a body in `format` (`json`: one array element, with its leading comma
-/// when it is not the first; `opencdc`: one line).
+/// when it is not the first; `opencdc`: one line; `raw`: the payload and a newline).
 pub(crate) fn write_record(format: BodyFormat, record: &Record, first: bool, out: &mut Vec<u8>) {
     match format {
         BodyFormat::OpenCdc => {
             opencdc::write_json(record, out);
             out.push(b'\n');
         }
-        BodyFormat::Json | BodyFormat::Raw => {
+        BodyFormat::Raw => {
+            if let Some(after) = &record.payload.after {
+                match after {
+                    Data::Raw(bytes) => out.extend_from_slice(bytes),
+                    Data::Structured(map) => {
+                        let _ = serde_json::to_writer(&mut *out, map);
+                    }
+                }
+            }
+            out.push(b'\n');
+        }
+        BodyFormat::Json => {
             if !first {
                 out.push(b',');
             }
@@ -161,6 +172,16 @@ mod tests {
             .collect();
         let want: Vec<Bytes> = payloads.iter().map(Data::to_bytes).collect();
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn raw_bodies_are_payloads_and_newlines() {
+        let mut body = Vec::new();
+        for (i, p) in ["one", "", "two\r"].iter().enumerate() {
+            let r = Record::new(Position::default(), raw(p));
+            write_record(BodyFormat::Raw, &r, i == 0, &mut body);
+        }
+        assert_eq!(body, b"one\n\ntwo\r\n");
     }
 
     #[test]

@@ -13,12 +13,15 @@ use std::time::Duration;
 use async_trait::async_trait;
 use axum::http::{header, HeaderValue, StatusCode};
 use sluice_sdk::connector::Result;
-use sluice_sdk::{Acks, ConnectorError, Destination, Nack, Position, Record, Settings};
+use sluice_sdk::{
+    Acks, ConnectorError, Destination, HealthReporter, Nack, Position, Record, Settings,
+};
 use tokio::time::sleep;
 
 use super::body::{write_record, BodyFormat};
 use super::config::DestinationConfig;
 use super::error::{excerpt, redact, HttpError};
+use crate::backoff::retrying;
 
 /// The HTTP destination. See the [module docs](self).
 #[derive(Default)]
@@ -32,6 +35,8 @@ pub struct HttpDestination {
     nacks: Vec<Nack>,
     opened: bool,
     stopped: bool,
+    /// Reports retried requests to the host.
+    health: HealthReporter,
 }
 
 /// One request's worth of records.
@@ -44,7 +49,15 @@ struct Batch {
     /// Every record of the batch in write order: `None` if it is in the body, or why it could
     /// not be encoded.
     outcomes: Vec<Option<String>>,
+    /// Positions of the first and last record in the body (sent as headers in `raw` format).
+    first: Option<Position>,
+    last: Option<Position>,
 }
+
+/// Header carrying the position of a raw batch's first record.
+pub const FIRST_POSITION_HEADER: &str = "sluice-first-position";
+/// Header carrying the position of a raw batch's last record.
+pub const LAST_POSITION_HEADER: &str = "sluice-last-position";
 
 impl Batch {
     fn is_empty(&self) -> bool {
@@ -67,14 +80,23 @@ impl HttpDestination {
 
     fn add(&mut self, config: &DestinationConfig, record: &Record) {
         let batch = &mut self.pending;
-        if config.format == BodyFormat::Json && record.payload.after.is_none() {
+        if config.format != BodyFormat::OpenCdc && record.payload.after.is_none() {
             batch.outcomes.push(Some(format!(
-                "record at position {} has no payload.after to send (format json; use format \
+                "record at position {} has no payload.after to send (format {}; use format \
                  opencdc to send deletes)",
-                record.position
+                record.position,
+                if config.format == BodyFormat::Raw {
+                    "raw"
+                } else {
+                    "json"
+                }
             )));
             return;
         }
+        if batch.first.is_none() {
+            batch.first = Some(record.position.clone());
+        }
+        batch.last = Some(record.position.clone());
         if batch.sent == 0 && config.format == BodyFormat::Json {
             batch.body.push(b'[');
         }
@@ -94,7 +116,8 @@ impl HttpDestination {
             if config.format == BodyFormat::Json {
                 body.push(b']');
             }
-            let outcome = self.send(&config, body).await?;
+            let positions = (self.pending.first.clone(), self.pending.last.clone());
+            let outcome = self.send(&config, body, positions).await?;
             if let Sent::Rejected(reason) = outcome {
                 for o in self.pending.outcomes.iter_mut().filter(|o| o.is_none()) {
                     *o = Some(reason.clone());
@@ -115,15 +138,32 @@ impl HttpDestination {
     }
 
     /// Sends one body, retrying what may succeed later.
-    async fn send(&self, config: &DestinationConfig, body: Vec<u8>) -> Result<Sent> {
+    async fn send(
+        &self,
+        config: &DestinationConfig,
+        body: Vec<u8>,
+        positions: (Option<Position>, Option<Position>),
+    ) -> Result<Sent> {
         let client = self.client.as_ref().ok_or(ConnectorError::StreamNotOpen)?;
         let body = bytes::Bytes::from(body);
+        let mut headers = config.headers.clone();
+        if config.format == BodyFormat::Raw {
+            for (name, position) in [
+                (FIRST_POSITION_HEADER, positions.0),
+                (LAST_POSITION_HEADER, positions.1),
+            ] {
+                let value = position.and_then(|p| HeaderValue::from_str(&p.to_string()).ok());
+                if let Some(value) = value {
+                    headers.insert(header::HeaderName::from_static(name), value);
+                }
+            }
+        }
         let mut pause = config.initial_backoff;
         let mut last = String::new();
         for attempt in 1..=config.max_attempts {
             let request = client
                 .request(config.method.clone(), config.url.clone())
-                .headers(config.headers.clone())
+                .headers(headers.clone())
                 .header(
                     header::CONTENT_TYPE,
                     HeaderValue::from_static(config.format.content_type()),
@@ -140,6 +180,10 @@ impl HttpDestination {
                         .and_then(|s| s.trim().parse::<u64>().ok())
                         .map(Duration::from_secs);
                     let answer = response.bytes().await.unwrap_or_default();
+                    if status != StatusCode::TOO_MANY_REQUESTS && !status.is_server_error() {
+                        // The service answered: reachable, whatever the answer.
+                        self.health.healthy();
+                    }
                     if status.is_success() {
                         return Ok(Sent::Ok);
                     }
@@ -160,7 +204,10 @@ impl HttpDestination {
             }
             if attempt < config.max_attempts {
                 tracing::warn!(url = %redact(&config.url), attempt, error = %last, "http: request failed, retrying (degraded)");
-                sleep(wait.min(config.max_backoff)).await;
+                let wait = wait.min(config.max_backoff);
+                let reason = format!("http: {} {}: {last}", config.method, redact(&config.url));
+                retrying(&self.health, reason, wait);
+                sleep(wait).await;
                 pause = (pause * 2).min(config.max_backoff);
             }
         }
@@ -179,6 +226,10 @@ impl Destination for HttpDestination {
     async fn configure(&mut self, settings: &Settings) -> Result<()> {
         self.config = Some(DestinationConfig::from_settings(settings)?);
         Ok(())
+    }
+
+    fn set_health(&mut self, reporter: HealthReporter) {
+        self.health = reporter;
     }
 
     async fn open(&mut self) -> Result<()> {

@@ -140,7 +140,12 @@ pipeline (503 if Sluice stops first), so a sender that retries until it gets 200
 Destination: sends the records written since the last send, up to `batch.size` per request, with \
 `method` to `url`. `format: json` sends a JSON array of payloads (structured payloads as objects, \
 raw payloads as the JSON they hold, else as a string, or base64 if not UTF-8); `format: opencdc` \
-sends OpenCDC JSON lines. 2xx settles the batch. 429, 5xx and connection failures are retried up \
+sends OpenCDC JSON lines; `format: raw` sends the raw payloads (structured ones as compact JSON), \
+each followed by a newline, as application/octet-stream, so the lines of a file arrive \
+byte-identical; each raw request carries the positions of its first and last records in the \
+`Sluice-First-Position` and `Sluice-Last-Position` headers (the position's text, or 0x and hex \
+when it is binary), which lets a receiver recognise a batch it already stored when the \
+destination retries it or a restarted pipeline resends it. 2xx settles the batch. 429, 5xx and connection failures are retried up \
 to `retry.maxAttempts` times with exponential backoff from `retry.initialBackoff` to \
 `retry.maxBackoff` (honouring Retry-After), then the destination fails (nothing is acked, the \
 pipeline resends from its checkpoint). Any other status nacks every record of the batch with the \
@@ -326,10 +331,17 @@ pub(crate) fn destination_params() -> BTreeMap<String, Parameter> {
         param::FORMAT.into(),
         Parameter::new(
             T::String,
-            "`json`: a JSON array of payloads; `opencdc`: OpenCDC JSON lines.",
+            "`json`: a JSON array of payloads; `opencdc`: OpenCDC JSON lines; `raw`: the raw \
+             payloads, each followed by `\\n` (byte-identical line files), with the positions of \
+             the batch's first and last records in `Sluice-First-Position` / \
+             `Sluice-Last-Position` headers so a receiver can drop retried batches.",
         )
         .default_value("json")
-        .validate(Validation::Inclusion(vec!["json".into(), "opencdc".into()])),
+        .validate(Validation::Inclusion(vec![
+            "json".into(),
+            "opencdc".into(),
+            "raw".into(),
+        ])),
     );
     p.insert(
         param::BATCH_SIZE.into(),

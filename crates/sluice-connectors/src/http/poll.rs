@@ -20,13 +20,13 @@ use axum::http::{header, HeaderValue, StatusCode};
 use bytes::Bytes;
 use serde_json::Value;
 use sluice_sdk::record::{metadata, unix_nanos_now};
-use sluice_sdk::{Position, Record};
+use sluice_sdk::{HealthReporter, Position, Record};
 use tokio::time::Instant;
 
 use super::body::{decode, BodyFormat};
 use super::config::PollConfig;
 use super::error::{excerpt, redact, HttpError};
-use crate::backoff::Backoff;
+use crate::backoff::{retrying, Backoff};
 
 /// Where the poller is.
 #[derive(Debug, Clone, PartialEq)]
@@ -55,6 +55,8 @@ pub(crate) struct Poller {
     /// items after the resume position are in the version the validator names, and a 304 would
     /// skip them.
     conditional: bool,
+    /// Degraded while polls fail, healthy after a success.
+    pub health: HealthReporter,
 }
 
 /// Why one poll brought nothing.
@@ -89,6 +91,7 @@ impl Poller {
             next_poll: Instant::now(),
             failures: 0,
             conditional: false,
+            health: HealthReporter::default(),
         })
     }
 
@@ -97,11 +100,19 @@ impl Poller {
         let mut backoff = Backoff::new(self.config.connect_timeout);
         loop {
             match self.poll_once().await {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    self.health.healthy();
+                    return Ok(());
+                }
                 Err(PollError::Permanent(e)) => return Err(e),
                 Err(PollError::Transient(last)) => {
                     tracing::warn!(url = %redact(&self.config.url), error = %last, "http: poll failed, retrying");
-                    if !backoff.wait().await {
+                    let reason = format!(
+                        "http: {} {}: {last}",
+                        self.config.method,
+                        redact(&self.config.url)
+                    );
+                    if !backoff.wait_degraded(&self.health, reason).await {
                         return Err(HttpError::Unreachable {
                             method: self.config.method.to_string(),
                             url: redact(&self.config.url),
@@ -119,6 +130,7 @@ impl Poller {
     pub(crate) async fn poll_due(&mut self) -> Result<(), HttpError> {
         match self.poll_once().await {
             Ok(()) => {
+                self.health.healthy();
                 self.failures = 0;
                 self.next_poll = Instant::now() + self.config.period;
                 Ok(())
@@ -130,6 +142,12 @@ impl Poller {
                     .saturating_mul(1 << self.failures.min(8))
                     .min(self.config.period);
                 tracing::warn!(url = %redact(&self.config.url), error = %e, "http: poll failed, retrying (degraded)");
+                let reason = format!(
+                    "http: {} {}: {e}",
+                    self.config.method,
+                    redact(&self.config.url)
+                );
+                retrying(&self.health, reason, pause);
                 self.next_poll = Instant::now() + pause;
                 Ok(())
             }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sluice_sdk::connector::Result;
 use sluice_sdk::record::{metadata, unix_nanos_now};
-use sluice_sdk::{ConnectorError, Position, ReadBatch, Record, Settings, Source};
+use sluice_sdk::{ConnectorError, HealthReporter, Position, ReadBatch, Record, Settings, Source};
 use tokio::time::{sleep_until, timeout, Instant};
 
 use super::config::{Mode, SourceConfig};
@@ -30,6 +30,8 @@ pub struct HttpSource {
     running: Option<Running>,
     last_read: Option<Position>,
     stopped: bool,
+    /// Reports failing polls to the host.
+    health: HealthReporter,
 }
 
 enum Running {
@@ -66,6 +68,10 @@ impl Source for HttpSource {
         Ok(())
     }
 
+    fn set_health(&mut self, reporter: HealthReporter) {
+        self.health = reporter;
+    }
+
     async fn open(&mut self, position: Option<&Position>) -> Result<()> {
         let config = self.config.clone().ok_or(HttpError::NotConfigured)?;
         let running = match config.mode {
@@ -92,6 +98,7 @@ impl Source for HttpSource {
                         reason,
                     }
                 })?;
+                poller.health = self.health.clone();
                 poller.first_poll().await?;
                 Running::Poll(Box::new(poller))
             }

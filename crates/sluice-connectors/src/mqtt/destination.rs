@@ -21,6 +21,7 @@ use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, EventLoop};
 use rumqttc::Outgoing;
 use sluice_sdk::connector::Result;
+use sluice_sdk::HealthReporter;
 use sluice_sdk::{opencdc, Acks, ConnectorError, Destination, Nack, Position, Record, Settings};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -43,6 +44,8 @@ pub struct MqttDestination {
     settled: usize,
     nacks: Vec<Nack>,
     stopped: bool,
+    /// Reports reconnects to the host.
+    health: HealthReporter,
 }
 
 /// One written record.
@@ -132,6 +135,10 @@ impl Destination for MqttDestination {
         Ok(())
     }
 
+    fn set_health(&mut self, reporter: HealthReporter) {
+        self.health = reporter;
+    }
+
     async fn open(&mut self) -> Result<()> {
         let config = self.config.clone().ok_or(MqttError::NotConfigured)?;
         let role = Role::Publisher {
@@ -142,6 +149,7 @@ impl Destination for MqttDestination {
             &mut eventloop,
             &config.session,
             config.session.connect_timeout,
+            &self.health,
         )
         .await?;
         let shared = Arc::new(Shared::default());
@@ -152,6 +160,7 @@ impl Destination for MqttDestination {
             client.clone(),
             shared.clone(),
             teardown.clone(),
+            self.health.clone(),
         ));
         self.running = Some(Running {
             client,
@@ -264,6 +273,7 @@ async fn event_loop(
     client: AsyncClient,
     shared: Arc<Shared>,
     teardown: CancellationToken,
+    health: HealthReporter,
 ) {
     let mut backoff: Option<Backoff> = None;
     loop {
@@ -293,6 +303,7 @@ async fn event_loop(
             }
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 backoff = None;
+                health.healthy();
                 let unacked = shared
                     .published
                     .load(Ordering::SeqCst)
@@ -325,7 +336,7 @@ async fn event_loop(
                 let waited = tokio::select! {
                     biased;
                     _ = teardown.cancelled() => return,
-                    waited = pause.wait() => waited,
+                    waited = pause.wait_degraded(&health, format!("mqtt: {}: {e}", config.session.display())) => waited,
                 };
                 if !waited {
                     shared.fail(MqttError::Unreachable {

@@ -6,6 +6,7 @@ use std::time::Duration;
 use rumqttc::v5::mqttbytes::v5::{ConnAck, Packet};
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
 use rumqttc::NetworkOptions;
+use sluice_sdk::HealthReporter;
 
 use super::config::Session;
 use super::error::{refusal, MqttError};
@@ -60,16 +61,21 @@ pub(crate) fn client(session: &Session, role: Role) -> (AsyncClient, EventLoop) 
 }
 
 /// Polls `eventloop` until the broker accepts the connection, retrying network failures with
-/// backoff for `limit`; a refusal a setting explains fails at once.
+/// backoff for `limit` (reporting `health` degraded meanwhile, healthy once connected); a refusal a
+/// setting explains fails at once.
 pub(crate) async fn connect(
     eventloop: &mut EventLoop,
     session: &Session,
     limit: Duration,
+    health: &HealthReporter,
 ) -> Result<ConnAck, MqttError> {
     let mut backoff = Backoff::new(limit);
     loop {
         match eventloop.poll().await {
-            Ok(Event::Incoming(Packet::ConnAck(ack))) => return Ok(ack),
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                health.healthy();
+                return Ok(ack);
+            }
             Ok(_) => continue,
             Err(e) => {
                 if let Some((reason, setting)) = refusal(&e) {
@@ -80,7 +86,10 @@ pub(crate) async fn connect(
                     });
                 }
                 tracing::warn!(endpoint = %session.display(), error = %e, "mqtt: broker unreachable, retrying");
-                if !backoff.wait().await {
+                if !backoff
+                    .wait_degraded(health, format!("mqtt: {}: {e}", session.display()))
+                    .await
+                {
                     return Err(MqttError::Unreachable {
                         endpoint: session.display(),
                         waited: limit,

@@ -26,6 +26,7 @@ use rumqttc::v5::{AsyncClient, ClientError, Event, EventLoop};
 use rumqttc::Outgoing;
 use sluice_sdk::connector::Result;
 use sluice_sdk::record::{metadata, unix_nanos_now};
+use sluice_sdk::HealthReporter;
 use sluice_sdk::{opencdc, ConnectorError, Data, Position, ReadBatch, Record, Settings, Source};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -42,6 +43,9 @@ pub const READ_WAIT: Duration = Duration::from_millis(200);
 /// Room in the channel between the event-loop task and `read` beyond the receive maximum (QoS 0
 /// messages, a failure report).
 const QUEUE_SLACK: usize = 64;
+/// Longest teardown waits for queued PUBACKs and DISCONNECT to be written and the broker to close
+/// the connection.
+const DISCONNECT_WAIT: Duration = Duration::from_secs(2);
 /// How long `open` waits for the broker to answer the subscription.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -54,6 +58,8 @@ pub struct MqttSource {
     last_read: Option<Position>,
     unacked: VecDeque<Unacked>,
     stopped: bool,
+    /// Reports reconnects to the host.
+    health: HealthReporter,
     failed: Option<String>,
 }
 
@@ -127,6 +133,10 @@ impl Source for MqttSource {
         Ok(())
     }
 
+    fn set_health(&mut self, reporter: HealthReporter) {
+        self.health = reporter;
+    }
+
     async fn open(&mut self, position: Option<&Position>) -> Result<()> {
         let config = self.config.clone().ok_or(MqttError::NotConfigured)?;
         let start = match position {
@@ -144,6 +154,7 @@ impl Source for MqttSource {
             &mut eventloop,
             &config.session,
             config.session.connect_timeout,
+            &self.health,
         )
         .await?;
         // Subscribing again is harmless for an existing session and makes sure the filter is the
@@ -176,7 +187,10 @@ impl Source for MqttSource {
             eventloop,
             client.clone(),
             early,
-            tx,
+            Outlet {
+                tx,
+                health: self.health.clone(),
+            },
             generation.clone(),
             teardown.clone(),
         ));
@@ -348,6 +362,13 @@ async fn await_suback(
     }
 }
 
+/// Where the event-loop task reports: messages and failures to `read`, connection trouble to the
+/// host.
+struct Outlet {
+    tx: mpsc::Sender<Incoming>,
+    health: HealthReporter,
+}
+
 /// Polls the event loop: forwards messages, reconnects (bounded by `reconnect.timeout`, a new
 /// generation per connection) and, on teardown, disconnects cleanly.
 async fn event_loop(
@@ -355,10 +376,11 @@ async fn event_loop(
     mut eventloop: EventLoop,
     client: AsyncClient,
     early: Vec<Publish>,
-    tx: mpsc::Sender<Incoming>,
+    out: Outlet,
     generation: Arc<Mutex<u64>>,
     teardown: CancellationToken,
 ) {
+    let Outlet { tx, health } = out;
     let mut connection = 1;
     for publish in early {
         let message = Incoming::Message {
@@ -396,6 +418,7 @@ async fn event_loop(
                     *g = connection;
                 }
                 backoff = None;
+                health.healthy();
                 if !ack.session_present {
                     tracing::warn!(client_id = %config.session.client_id, "mqtt: the broker lost the persistent session; subscribing again (messages queued meanwhile are gone)");
                     if client
@@ -444,7 +467,7 @@ async fn event_loop(
                 let waited = tokio::select! {
                     biased;
                     _ = teardown.cancelled() => return,
-                    waited = pause.wait() => waited,
+                    waited = pause.wait_degraded(&health, format!("mqtt: {}: {e}", config.session.display())) => waited,
                 };
                 if !waited {
                     let gone = MqttError::Unreachable {
@@ -460,19 +483,31 @@ async fn event_loop(
     }
 }
 
-/// Sends DISCONNECT and polls until it is written (or a second has passed), so the broker ends
-/// the connection cleanly and keeps the session.
+/// Ends the connection cleanly, keeping the session: queues DISCONNECT behind every request
+/// already queued (the PUBACKs of acked records), then polls until the broker closes the
+/// connection, or [`DISCONNECT_WAIT`] has passed. Polling to the end flushes the PUBACKs and
+/// reads whatever the broker still sends: closing a socket with unread data resets it, and the
+/// broker may then never process PUBACKs it had not read yet.
 async fn disconnect(client: &AsyncClient, eventloop: &mut EventLoop) {
     if client.try_disconnect().is_err() {
         return;
     }
-    let _ = timeout(Duration::from_secs(1), async {
+    let mut sent = false;
+    let flushed = timeout(DISCONNECT_WAIT, async {
         loop {
             match eventloop.poll().await {
-                Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => return,
+                Ok(Event::Outgoing(Outgoing::Disconnect)) => sent = true,
                 Ok(_) => {}
+                Err(_) => return,
             }
         }
     })
     .await;
+    if flushed.is_err() {
+        tracing::warn!(
+            disconnect_sent = sent,
+            "mqtt: the broker did not close the connection within {DISCONNECT_WAIT:?} of \
+             DISCONNECT; acks not yet delivered are redelivered next run"
+        );
+    }
 }

@@ -17,6 +17,7 @@ use async_nats::jetstream::{self, Context};
 use async_trait::async_trait;
 use bytes::Bytes;
 use sluice_sdk::connector::Result;
+use sluice_sdk::HealthReporter;
 use sluice_sdk::{Acks, ConnectorError, Destination, Nack, Position, Record, Settings};
 
 use super::config::DestinationConfig;
@@ -29,6 +30,8 @@ use super::record::to_message;
 pub struct NatsDestination {
     config: Option<DestinationConfig>,
     state: State,
+    /// Reports connection trouble to the host.
+    health: HealthReporter,
 }
 
 #[derive(Default)]
@@ -82,9 +85,13 @@ impl Destination for NatsDestination {
         Ok(())
     }
 
+    fn set_health(&mut self, reporter: HealthReporter) {
+        self.health = reporter;
+    }
+
     async fn open(&mut self) -> Result<()> {
         let config = self.config.clone().ok_or(NatsError::NotConfigured)?;
-        let client = connect(&config.connect).await?;
+        let client = connect(&config.connect, &self.health).await?;
         let context = jetstream::ContextBuilder::new()
             // `write` bounds what is in flight itself; the client must never refuse a publish
             // for that reason.

@@ -32,6 +32,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
 use sluice_sdk::connector::Result;
+use sluice_sdk::HealthReporter;
 use sluice_sdk::{ConnectorError, Position, ReadBatch, Record, Settings, Source};
 use tokio::time::Instant;
 
@@ -65,6 +66,8 @@ pub struct NatsSource {
     config: Option<SourceConfig>,
     state: State,
     last_position: Option<Position>,
+    /// Reports connection trouble to the host.
+    health: HealthReporter,
 }
 
 #[derive(Default)]
@@ -110,13 +113,17 @@ impl Source for NatsSource {
         Ok(())
     }
 
+    fn set_health(&mut self, reporter: HealthReporter) {
+        self.health = reporter;
+    }
+
     async fn open(&mut self, position: Option<&Position>) -> Result<()> {
         let config = self.config.clone().ok_or(NatsError::NotConfigured)?;
         let resume = position
             .filter(|p| !p.is_empty())
             .map(NatsPosition::decode)
             .transpose()?;
-        let client = connect(&config.connect).await?;
+        let client = connect(&config.connect, &self.health).await?;
         let context = jetstream::new(client.clone());
         let consumer = find_consumer(&context, &config).await?;
         let info = consumer

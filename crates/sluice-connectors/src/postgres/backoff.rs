@@ -1,6 +1,10 @@
-//! Exponential backoff between reconnect attempts.
+//! Exponential backoff between reconnect attempts, reporting the connector's health: degraded
+//! while retrying, healthy again on [`Backoff::reset`] (called after the first success).
 
+use std::fmt::Display;
 use std::time::Duration;
+
+use sluice_sdk::HealthReporter;
 
 /// The first pause.
 const FIRST: Duration = Duration::from_millis(100);
@@ -12,6 +16,7 @@ const MAX: Duration = Duration::from_secs(5);
 pub struct Backoff {
     next: Duration,
     attempts: u32,
+    health: HealthReporter,
 }
 
 impl Default for Backoff {
@@ -23,10 +28,23 @@ impl Default for Backoff {
 impl Backoff {
     /// A backoff at its first pause.
     pub fn new() -> Self {
+        Self::reporting(HealthReporter::default())
+    }
+
+    /// A backoff at its first pause that reports retries to `health`.
+    pub fn reporting(health: HealthReporter) -> Self {
         Backoff {
             next: FIRST,
             attempts: 0,
+            health,
         }
+    }
+
+    /// Marks the connector degraded because of `error` (which names the connector), then waits
+    /// like [`Backoff::wait`].
+    pub async fn wait_degraded(&mut self, error: impl Display) {
+        crate::backoff::retrying(&self.health, error, self.next);
+        self.wait().await;
     }
 
     /// The pause the next [`wait`](Self::wait) sleeps.
@@ -48,8 +66,9 @@ impl Backoff {
         self.next = (self.next * 2).min(MAX);
     }
 
-    /// Back to the first pause.
+    /// Back to the first pause, and the connector is healthy again.
     pub fn reset(&mut self) {
+        self.health.healthy();
         self.next = FIRST;
         self.attempts = 0;
     }

@@ -5,12 +5,13 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, IntoConnectionInfo};
-use sluice_sdk::ValidationErrors;
+use sluice_sdk::{HealthReporter, ValidationErrors};
 use tokio::time::Instant;
 
 use super::config::{violation, ConnectConfig};
 use super::error::RedisError;
 use super::PARAM_URL;
+use crate::backoff::retrying;
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -50,10 +51,12 @@ pub(crate) fn address(client: &Client) -> String {
     client.get_connection_info().addr().to_string()
 }
 
-/// Connects, retrying with backoff until `connect_timeout` has passed.
+/// Connects, retrying with backoff until `connect_timeout` has passed (`health` degraded
+/// meanwhile, healthy once connected).
 pub(crate) async fn connect(
     client: &Client,
     config: &ConnectConfig,
+    health: &HealthReporter,
 ) -> Result<ConnectionManager, RedisError> {
     let started = Instant::now();
     let deadline = started + config.connect_timeout;
@@ -66,7 +69,10 @@ pub(crate) async fn connect(
             .set_number_of_retries(1)
             .set_max_delay(MAX_BACKOFF);
         let error = match ConnectionManager::new_with_config(client.clone(), manager_config).await {
-            Ok(manager) => return Ok(manager),
+            Ok(manager) => {
+                health.healthy();
+                return Ok(manager);
+            }
             Err(e) => e,
         };
         let now = Instant::now();
@@ -78,6 +84,11 @@ pub(crate) async fn connect(
             });
         }
         tracing::warn!(address = %address(client), error = %error, retry_in = ?backoff, "redis: cannot connect yet; retrying");
+        retrying(
+            health,
+            format!("redis: {}: {error}", address(client)),
+            backoff,
+        );
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }

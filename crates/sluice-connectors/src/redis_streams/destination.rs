@@ -15,6 +15,7 @@ use bytes::Bytes;
 use redis::aio::ConnectionManager;
 use redis::Value;
 use sluice_sdk::connector::Result;
+use sluice_sdk::HealthReporter;
 use sluice_sdk::{Acks, ConnectorError, Destination, Nack, Position, Record, Settings};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -23,6 +24,7 @@ use super::config::DestinationConfig;
 use super::connect::{client, connect};
 use super::entry::to_fields;
 use super::error::{is_transient, RedisError};
+use crate::backoff::retrying;
 
 /// Batches queued for the writer before `write` waits.
 pub const QUEUED_BATCHES: usize = 16;
@@ -32,6 +34,8 @@ pub const QUEUED_BATCHES: usize = 16;
 pub struct RedisDestination {
     config: Option<DestinationConfig>,
     state: State,
+    /// Reports connection trouble to the host.
+    health: HealthReporter,
 }
 
 #[derive(Default)]
@@ -73,12 +77,16 @@ impl Destination for RedisDestination {
         Ok(())
     }
 
+    fn set_health(&mut self, reporter: HealthReporter) {
+        self.health = reporter;
+    }
+
     async fn open(&mut self) -> Result<()> {
         let config = self.config.clone().ok_or(RedisError::NotConfigured)?;
         let client = client(&config.connect)?;
-        let conn = connect(&client, &config.connect).await?;
+        let conn = connect(&client, &config.connect, &self.health).await?;
         let (jobs, rx) = mpsc::channel(QUEUED_BATCHES);
-        let task = tokio::spawn(run_writer(conn, config, rx));
+        let task = tokio::spawn(run_writer(conn, config, rx, self.health.clone()));
         self.state = State::Open(Box::new(Writer {
             jobs,
             task,
@@ -156,9 +164,10 @@ async fn run_writer(
     mut conn: ConnectionManager,
     config: DestinationConfig,
     mut jobs: mpsc::Receiver<Job>,
+    health: HealthReporter,
 ) {
     while let Some(job) = jobs.recv().await {
-        let results = write_batch(&mut conn, &config, &job.entries).await;
+        let results = write_batch(&mut conn, &config, &job.entries, &health).await;
         // The receiver is gone only if the destination was torn down; nothing to report to.
         let _ = job.done.send(results);
     }
@@ -170,6 +179,7 @@ async fn write_batch(
     conn: &mut ConnectionManager,
     config: &DestinationConfig,
     entries: &[std::result::Result<Vec<(Bytes, Bytes)>, String>],
+    health: &HealthReporter,
 ) -> Vec<Option<String>> {
     let mut pipe = redis::pipe();
     pipe.ignore_errors();
@@ -189,10 +199,15 @@ async fn write_batch(
             .query_async::<Vec<redis::RedisResult<Value>>>(conn)
             .await
         {
-            Ok(results) => break Ok(results),
+            Ok(results) => {
+                health.healthy();
+                break Ok(results);
+            }
             Err(e) if is_transient(&e) && attempt < config.retry_attempts => {
                 attempt += 1;
                 tracing::warn!(error = %e, attempt, key = %config.connect.key, "redis: XADD batch failed; retrying");
+                let reason = format!("redis: XADD to {:?} failed: {e}", config.connect.key);
+                retrying(health, reason, config.retry_wait);
                 tokio::time::sleep(config.retry_wait).await;
             }
             Err(e) => break Err(e),

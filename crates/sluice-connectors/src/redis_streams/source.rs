@@ -25,6 +25,7 @@ use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 use redis::Value;
 use sluice_sdk::connector::Result;
+use sluice_sdk::HealthReporter;
 use sluice_sdk::{ConnectorError, Position, ReadBatch, Record, Settings, Source};
 use tokio::time::Instant;
 
@@ -33,6 +34,7 @@ use super::connect::{client, connect};
 use super::entry::{parse_read_reply, to_record, EntryId};
 use super::error::{is_transient, RedisError};
 use super::{PARAM_FORMAT, PARAM_GROUP, PARAM_KEY};
+use crate::backoff::retrying;
 
 /// Longest wait for new entries in one `read` (the `BLOCK` time).
 pub const READ_WAIT: Duration = Duration::from_millis(100);
@@ -52,6 +54,8 @@ pub struct RedisSource {
     config: Option<SourceConfig>,
     state: State,
     last_position: Option<Position>,
+    /// Reports connection trouble to the host.
+    health: HealthReporter,
 }
 
 #[derive(Default)]
@@ -78,6 +82,8 @@ struct Session {
     to_ack: Vec<EntryId>,
     /// When a read last failed.
     failed_at: Option<Instant>,
+    /// Degraded while reads fail, healthy after one succeeds.
+    health: HealthReporter,
 }
 
 impl RedisSource {
@@ -96,6 +102,10 @@ impl Source for RedisSource {
         Ok(())
     }
 
+    fn set_health(&mut self, reporter: HealthReporter) {
+        self.health = reporter;
+    }
+
     async fn open(&mut self, position: Option<&Position>) -> Result<()> {
         let config = self.config.clone().ok_or(RedisError::NotConfigured)?;
         let resume = position
@@ -107,7 +117,7 @@ impl Source for RedisSource {
             })
             .transpose()?;
         let client = client(&config.connect)?;
-        let mut conn = connect(&client, &config.connect).await?;
+        let mut conn = connect(&client, &config.connect, &self.health).await?;
         ensure_group(&mut conn, &config).await?;
         self.last_position = None;
         self.state = State::Open(Box::new(Session {
@@ -119,6 +129,7 @@ impl Source for RedisSource {
             in_flight: false,
             to_ack: Vec::new(),
             failed_at: None,
+            health: self.health.clone(),
         }));
         Ok(())
     }
@@ -214,6 +225,7 @@ impl Session {
             Err(e) => return self.read_failed(&e).await.map(|()| Vec::new()),
         };
         self.failed_at = None;
+        self.health.healthy();
         let entries = parse_read_reply(reply).map_err(|reason| RedisError::Command {
             what: format!(
                 "unexpected reply to XREADGROUP on {:?}",
@@ -269,6 +281,8 @@ impl Session {
         self.history = Some(self.last_returned.unwrap_or(START));
         if is_transient(e) {
             tracing::warn!(error = %e, "redis: reading failed; reconnecting and retrying");
+            let reason = format!("redis: reading {:?} failed: {e}", self.config.connect.key);
+            retrying(&self.health, reason, RETRY_BACKOFF);
             return Ok(());
         }
         if e.code() == Some("NOGROUP") && self.config.create_group {

@@ -31,6 +31,9 @@ pub trait Opener: Send {
         Ok(())
     }
 
+    /// See [`Source::set_health`]. Default: ignored.
+    fn set_health(&mut self, _reporter: crate::health::HealthReporter) {}
+
     /// An instance producing the records right after `position` (from the beginning if none).
     async fn open(&mut self, position: Option<&Position>) -> Result<SourceInstance>;
 
@@ -143,6 +146,10 @@ impl<O: Opener> Source for HelperSource<O> {
 
     async fn on_deleted(&mut self, settings: &Settings) -> Result<()> {
         self.opener.on_deleted(settings).await
+    }
+
+    fn set_health(&mut self, reporter: crate::health::HealthReporter) {
+        self.opener.set_health(reporter);
     }
 
     async fn open(&mut self, position: Option<&Position>) -> Result<()> {

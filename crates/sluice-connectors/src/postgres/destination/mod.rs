@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use sluice_sdk::{Acks, ConnectorError, Nack, Position, Record, Settings};
+use sluice_sdk::{Acks, ConnectorError, HealthReporter, Nack, Position, Record, Settings};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement};
 
@@ -42,6 +42,8 @@ pub struct PostgresDestination {
     conn: Option<Conn>,
     buffer: Vec<Record>,
     open: bool,
+    /// Reports retried batches to the host.
+    health: HealthReporter,
 }
 
 /// A connection with its prepared statements and table descriptions.
@@ -87,8 +89,9 @@ async fn settle(
     slot: &mut Option<Conn>,
     config: &DestinationConfig,
     records: &[Record],
+    health: &HealthReporter,
 ) -> Result<Vec<Nack>, PgError> {
-    let mut backoff = Backoff::new();
+    let mut backoff = Backoff::reporting(health.clone());
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -103,14 +106,19 @@ async fn settle(
             },
         };
         match outcome {
-            Ok(nacks) => return Ok(nacks),
+            Ok(nacks) => {
+                backoff.reset();
+                return Ok(nacks);
+            }
             Err(e) if e.is_transient() => {
                 *slot = None;
                 if attempt >= ATTEMPTS {
                     return Err(e);
                 }
                 tracing::warn!(error = %e, "postgres destination: connection lost; retrying the batch");
-                backoff.wait().await;
+                backoff
+                    .wait_degraded(format!("postgres: connection lost: {e}"))
+                    .await;
             }
             Err(e) => return Err(e),
         }
@@ -345,6 +353,10 @@ fn sql(g: &Group) -> String {
 
 #[async_trait]
 impl sluice_sdk::Destination for PostgresDestination {
+    fn set_health(&mut self, reporter: HealthReporter) {
+        self.health = reporter;
+    }
+
     async fn configure(&mut self, settings: &Settings) -> sluice_sdk::connector::Result<()> {
         self.config = Some(DestinationConfig::from_settings(settings)?);
         Ok(())
@@ -388,7 +400,7 @@ impl sluice_sdk::Destination for PostgresDestination {
         };
         // The buffer is settled only once the batch is applied: a failure (or a dropped call)
         // leaves it for the next ack.
-        let nacks = settle(&mut self.conn, config, &self.buffer).await?;
+        let nacks = settle(&mut self.conn, config, &self.buffer, &self.health).await?;
         let count = self.buffer.len();
         self.buffer.clear();
         Ok(Acks { count, nacks })

@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use sluice_sdk::{Data, Operation, Payload};
+use sluice_sdk::{Data, HealthReporter, Operation, Payload};
 use tokio::sync::{mpsc, watch};
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
@@ -97,6 +97,8 @@ pub struct LogreplTask {
     pub flush: watch::Receiver<Lsn>,
     /// Ends the task.
     pub cancel: CancellationToken,
+    /// Degraded while reconnecting.
+    pub health: HealthReporter,
     /// Where the stream got to (start with the default).
     pub progress: StreamProgress,
 }
@@ -142,7 +144,7 @@ impl LogreplTask {
     async fn snapshot_phase(&mut self, plan: SnapshotPlan) -> Result<bool, PgError> {
         let mut client = plan.client;
         let mut cursor = plan.cursor;
-        let mut backoff = Backoff::new();
+        let mut backoff = Backoff::reporting(self.health.clone());
         loop {
             let c = match client.take() {
                 Some(c) => c,
@@ -150,7 +152,9 @@ impl LogreplTask {
                     Ok(c) => c,
                     Err(e) if e.is_transient() => {
                         tracing::warn!(error = %e, "postgres source: snapshot connection failed; retrying");
-                        backoff.wait().await;
+                        backoff
+                            .wait_degraded(format!("postgres: snapshot connection: {e}"))
+                            .await;
                         continue;
                     }
                     Err(e) => return Err(e),
@@ -166,12 +170,15 @@ impl LogreplTask {
             .await
             {
                 Ok(alive) => {
+                    backoff.reset();
                     let _ = c.batch_execute("COMMIT").await;
                     return Ok(alive);
                 }
                 Err(e) if e.is_transient() => {
                     tracing::warn!(error = %e, "postgres source: snapshot interrupted; resuming after the last row read");
-                    backoff.wait().await;
+                    backoff
+                        .wait_degraded(format!("postgres: snapshot interrupted: {e}"))
+                        .await;
                 }
                 Err(e) => return Err(e),
             }
@@ -179,7 +186,7 @@ impl LogreplTask {
     }
 
     async fn stream_phase(mut self) {
-        let mut backoff = Backoff::new();
+        let mut backoff = Backoff::reporting(self.health.clone());
         loop {
             let conn = match self.repl.take() {
                 Some(c) => Ok(c),
@@ -204,7 +211,7 @@ impl LogreplTask {
                     tracing::warn!(error = %e, "postgres source: replication stream lost; reconnecting");
                     tokio::select! {
                         _ = self.cancel.cancelled() => return,
-                        _ = backoff.wait() => {}
+                        _ = backoff.wait_degraded(format!("postgres: replication stream lost: {e}")) => {}
                     }
                 }
                 Err(e) => {

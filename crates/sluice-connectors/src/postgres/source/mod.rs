@@ -16,7 +16,7 @@ mod snapshot;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sluice_sdk::{ConnectorError, Position, ReadBatch, Record, Settings, Source};
+use sluice_sdk::{ConnectorError, HealthReporter, Position, ReadBatch, Record, Settings, Source};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -65,6 +65,8 @@ pub struct PostgresSource {
     config: Option<SourceConfig>,
     running: Option<Running>,
     stopped: bool,
+    /// Reports reconnects to the host.
+    health: HealthReporter,
 }
 
 struct Running {
@@ -122,6 +124,7 @@ impl PostgresSource {
                         cursor,
                         out: tx,
                         cancel: cancel.clone(),
+                        health: self.health.clone(),
                     }
                     .run(),
                 )
@@ -231,6 +234,7 @@ impl PostgresSource {
             flush,
             cancel: cancel.clone(),
             progress: Default::default(),
+            health: self.health.clone(),
         })
     }
 
@@ -280,6 +284,10 @@ fn advance(current: &mut Lsn, to: Lsn) -> bool {
 
 #[async_trait]
 impl Source for PostgresSource {
+    fn set_health(&mut self, reporter: HealthReporter) {
+        self.health = reporter;
+    }
+
     async fn configure(&mut self, settings: &Settings) -> sluice_sdk::connector::Result<()> {
         self.config = Some(SourceConfig::from_settings(settings)?);
         Ok(())

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use sluice_sdk::{Data, Operation, Payload};
+use sluice_sdk::{Data, HealthReporter, Operation, Payload};
 use tokio::sync::mpsc;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Client;
@@ -39,6 +39,8 @@ pub struct PollingTask {
     pub out: mpsc::Sender<Event>,
     /// Ends the task.
     pub cancel: CancellationToken,
+    /// Degraded while reconnecting.
+    pub health: HealthReporter,
 }
 
 struct Query {
@@ -66,13 +68,15 @@ impl PollingTask {
                 return;
             }
         };
-        let mut reconnect = Backoff::new();
+        let mut reconnect = Backoff::reporting(self.health.clone());
         loop {
             let client = match connect::connect(Side::Source, &self.config.pg).await {
                 Ok(c) => c,
                 Err(e) if e.is_transient() => {
                     tracing::warn!(error = %e, "postgres source: polling connection failed; retrying");
-                    reconnect.wait().await;
+                    reconnect
+                        .wait_degraded(format!("postgres: polling connection: {e}"))
+                        .await;
                     continue;
                 }
                 Err(e) => {
