@@ -8,11 +8,18 @@
 //! replaces it, and every write also sweeps a bounded number of expired items (oldest deadline
 //! first) from an index of deadlines, so memory held by expired items stays bounded under writes.
 //! [`MemoryStore::purge_expired`] sweeps them all.
+//!
+//! Watch: every change (a put, a delete, an expired item swept) takes the next version, and a
+//! call's changes are recorded at the end of the call, under the same lock, in a [`History`] at
+//! one revision — the last version it took. Removing an item records a delete even if it had
+//! expired (that is its expiry event), and writing over an expired item records its delete
+//! before the put. [`Store::change_feed`] also starts a reaper that sweeps expired items every
+//! [`DEFAULT_REAP_INTERVAL`], so expiry events come without waiting for a write.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
-use std::sync::{Mutex, MutexGuard};
-use std::time::SystemTime;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Instant, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -26,6 +33,10 @@ use crate::store::{
     Concurrency, DeleteRequest, Features, Item, KeyPage, Page, SetRequest, Store, TxOperation,
 };
 use crate::ttl;
+use crate::watch::{
+    normalize_prefixes, spawn_reaper, Change, ChangeFeed, ChangesAfter, ExpirySweep, History,
+    KeyValue, Op, ReaperHandle, Retention, RevisionNotifier, Snapshot, DEFAULT_REAP_INTERVAL,
+};
 
 /// Expired items a write sweeps besides its own key.
 const SWEEP_PER_WRITE: usize = 32;
@@ -33,7 +44,15 @@ const SWEEP_PER_WRITE: usize = 32;
 /// A store kept in memory; versions are ETags.
 #[derive(Default)]
 pub struct MemoryStore {
+    shared: Arc<Shared>,
+    reaper: OnceLock<Option<ReaperHandle>>,
+}
+
+/// What the store, its change feed and its reaper share.
+#[derive(Default)]
+struct Shared {
     inner: Mutex<Inner>,
+    notifier: RevisionNotifier,
 }
 
 impl std::fmt::Debug for MemoryStore {
@@ -67,12 +86,26 @@ impl Entry {
 }
 
 /// The store's state, behind the lock.
-#[derive(Default)]
 struct Inner {
     items: BTreeMap<String, Entry>,
     /// (deadline, key) of every item with a TTL, exactly those in `items`.
     deadlines: BTreeSet<(SystemTime, String)>,
     last_version: u64,
+    /// Changes of the call in progress, recorded at its end.
+    pending: Vec<Change>,
+    history: History,
+}
+
+impl Default for Inner {
+    fn default() -> Self {
+        Inner {
+            items: BTreeMap::new(),
+            deadlines: BTreeSet::new(),
+            last_version: 0,
+            pending: Vec::new(),
+            history: History::new(Retention::default(), 0),
+        }
+    }
 }
 
 impl Inner {
@@ -81,24 +114,62 @@ impl Inner {
         self.items.get(key).filter(|e| e.live(now))
     }
 
-    /// Stores `entry` at `key`, keeping the deadline index exact; returns the entry it replaced.
-    fn put(&mut self, key: String, entry: Entry) -> Option<Entry> {
+    /// Stores `entry` at `key`, keeping the deadline index exact, and records the put (after
+    /// the delete of an expired item it replaces); returns the entry it replaced.
+    fn put(&mut self, key: String, entry: Entry, now: SystemTime) -> Option<Entry> {
         if let Some(at) = self.items.get(&key).and_then(|e| e.expires_at) {
             self.deadlines.remove(&(at, key.clone()));
         }
         if let Some(at) = entry.expires_at {
             self.deadlines.insert((at, key.clone()));
         }
-        self.items.insert(key, entry)
+        let value = entry.value.clone();
+        let old = self.items.insert(key.clone(), entry);
+        let prev_value = match &old {
+            Some(e) if e.live(now) => Some(e.value.clone()),
+            Some(e) => {
+                self.record(key.clone(), Op::Delete, None, Some(e.value.clone()));
+                None
+            }
+            None => None,
+        };
+        self.record(key, Op::Put, Some(value), prev_value);
+        old
     }
 
-    /// Removes `key`, keeping the deadline index exact; returns the entry it held.
+    /// Removes `key`, keeping the deadline index exact, and records the delete (an expired
+    /// item's too: that is its expiry event); returns the entry it held.
     fn take(&mut self, key: &str) -> Option<Entry> {
         let old = self.items.remove(key)?;
         if let Some(at) = old.expires_at {
             self.deadlines.remove(&(at, key.to_string()));
         }
+        self.next_version();
+        self.record(key.to_string(), Op::Delete, None, Some(old.value.clone()));
         Some(old)
+    }
+
+    /// Notes one change of the call in progress (its revision is set at the end of the call).
+    fn record(&mut self, key: String, op: Op, value: Option<Bytes>, prev_value: Option<Bytes>) {
+        self.pending.push(Change {
+            revision: 0,
+            key,
+            op,
+            value,
+            prev_value,
+        });
+    }
+
+    /// Ends a call: records its changes at one revision, the last version it took; returns
+    /// that revision if it changed anything.
+    fn commit(&mut self) -> Option<u64> {
+        if self.pending.is_empty() {
+            return None;
+        }
+        let revision = self.last_version;
+        let changes = std::mem::take(&mut self.pending);
+        self.history.append(revision, changes);
+        Some(revision)
     }
 
     /// Removes up to `max` items whose deadline has passed; returns how many.
@@ -152,7 +223,7 @@ impl Inner {
             version,
             expires_at: req.ttl.map(|t| ttl::expiry(now, t)),
         };
-        self.put(req.key.clone(), entry);
+        self.put(req.key.clone(), entry, now);
         version
     }
 
@@ -198,34 +269,142 @@ impl Inner {
 }
 
 impl MemoryStore {
-    /// An empty store.
+    /// An empty store keeping the default [`Retention`] of history.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// An empty store keeping `retention` of history.
+    pub fn with_retention(retention: Retention) -> Self {
+        let store = Self::default();
+        store.lock().history.set_retention(retention);
+        store
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        // A poisoned lock only means another thread panicked mid-operation; every operation
-        // leaves the map whole before it can panic.
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        self.shared.lock()
     }
 
-    /// Locks the state for a write, after sweeping a few expired items.
-    fn lock_for_write(&self, now: SystemTime) -> MutexGuard<'_, Inner> {
-        let mut inner = self.lock();
-        inner.sweep(now, SWEEP_PER_WRITE);
-        inner
+    /// Locks the state for a write, after sweeping a few expired items; the changes are
+    /// recorded and published when the guard goes.
+    fn lock_for_write(&self, now: SystemTime) -> WriteGuard<'_> {
+        let mut guard = WriteGuard {
+            inner: self.lock(),
+            notifier: &self.shared.notifier,
+        };
+        guard.inner.sweep(now, SWEEP_PER_WRITE);
+        guard
     }
 
-    /// Removes every expired item now; returns how many. Reads never see expired items anyway:
-    /// this only frees their memory.
+    /// Removes every expired item now (recording a delete event for each); returns how many.
+    /// Reads never see expired items anyway: this frees their memory and tells watchers.
     pub fn purge_expired(&self) -> usize {
-        self.lock().sweep(SystemTime::now(), usize::MAX)
+        self.shared.purge_expired()
     }
 
     /// How many items the store holds, expired ones not yet swept included (for tests and
     /// metrics).
     pub fn stored_len(&self) -> usize {
         self.lock().items.len()
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A poisoned lock only means another thread panicked mid-operation; every operation
+        // leaves the map whole before it can panic.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn purge_expired(&self) -> usize {
+        let mut inner = self.lock();
+        let swept = inner.sweep(SystemTime::now(), usize::MAX);
+        inner.history.expire(Instant::now());
+        if let Some(revision) = inner.commit() {
+            self.notifier.publish(revision);
+        }
+        swept
+    }
+}
+
+/// The lock held for a write: on release, the call's changes go to history at one revision and
+/// waiters are woken.
+struct WriteGuard<'a> {
+    inner: MutexGuard<'a, Inner>,
+    notifier: &'a RevisionNotifier,
+}
+
+impl std::ops::Deref for WriteGuard<'_> {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.inner
+    }
+}
+
+impl std::ops::DerefMut for WriteGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Inner {
+        &mut self.inner
+    }
+}
+
+impl Drop for WriteGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(revision) = self.inner.commit() {
+            // Published under the lock, so revisions are published in order.
+            self.notifier.publish(revision);
+        }
+    }
+}
+
+#[async_trait]
+impl ExpirySweep for Shared {
+    async fn sweep_expired(self: Arc<Self>) -> Result<usize, StateError> {
+        Ok(self.purge_expired())
+    }
+}
+
+#[async_trait]
+impl ChangeFeed for Shared {
+    fn backend(&self) -> &'static str {
+        "memory"
+    }
+
+    async fn current_revision(&self) -> Result<u64, StateError> {
+        Ok(self.lock().history.last_revision())
+    }
+
+    async fn snapshot(&self, prefixes: &[String]) -> Result<Snapshot, StateError> {
+        let now = SystemTime::now();
+        let inner = self.lock();
+        let mut entries = Vec::new();
+        for prefix in normalize_prefixes(prefixes) {
+            let range = inner
+                .items
+                .range::<str, _>((Bound::Included(prefix.as_str()), Bound::Unbounded))
+                .take_while(|(k, _)| k.starts_with(prefix.as_str()))
+                .filter(|(_, e)| e.live(now))
+                .map(|(k, e)| KeyValue {
+                    key: k.clone(),
+                    value: e.value.clone(),
+                });
+            entries.extend(range);
+        }
+        Ok(Snapshot {
+            revision: inner.history.last_revision(),
+            entries,
+        })
+    }
+
+    async fn changes_after(&self, after: u64, limit: usize) -> Result<ChangesAfter, StateError> {
+        Ok(self.lock().history.changes_after(after, limit))
+    }
+
+    async fn wait_for_revision(&self, after: u64) -> Result<u64, StateError> {
+        Ok(self.notifier.wait_after(after).await)
+    }
+
+    async fn compact(&self, through: u64) -> Result<u64, StateError> {
+        Ok(self.lock().history.compact_through(through))
     }
 }
 
@@ -351,6 +530,14 @@ impl Store for MemoryStore {
             .map(|(k, e)| (k.clone(), e.item()))
             .collect();
         query::run(live.into_iter(), q)
+    }
+
+    /// The store's history; the first call inside a tokio runtime also starts the expiry
+    /// reaper (it stops when the store is dropped).
+    fn change_feed(&self) -> Option<Arc<dyn ChangeFeed>> {
+        self.reaper
+            .get_or_init(|| spawn_reaper(Arc::downgrade(&self.shared), DEFAULT_REAP_INTERVAL));
+        Some(Arc::clone(&self.shared) as Arc<dyn ChangeFeed>)
     }
 }
 

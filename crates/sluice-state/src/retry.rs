@@ -287,6 +287,10 @@ impl<S: Store> Store for RetryingStore<S> {
     async fn query(&self, q: &Query) -> Result<QueryResponse, StateError> {
         with_retry(self.policy, || self.inner.query(q)).await
     }
+
+    fn change_feed(&self) -> Option<std::sync::Arc<dyn crate::watch::ChangeFeed>> {
+        self.inner.change_feed()
+    }
 }
 
 #[cfg(test)]

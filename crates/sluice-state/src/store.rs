@@ -1,5 +1,6 @@
 //! The store contract shared by every backend.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -7,6 +8,7 @@ use bytes::Bytes;
 
 use crate::error::StateError;
 use crate::query::{Query, QueryResponse};
+use crate::watch::ChangeFeed;
 
 /// A stored value with its ETag.
 #[derive(Clone, Debug, PartialEq)]
@@ -273,5 +275,11 @@ pub trait Store: Send + Sync {
     /// A query over JSON values: filter, sort and page (see [`crate::query`]).
     async fn query(&self, _q: &Query) -> Result<QueryResponse, StateError> {
         Err(StateError::unsupported(self.name(), "queries"))
+    }
+
+    /// The store's revisioned change history, for [`crate::watch`]; `None` (the default) if the
+    /// backend keeps none. Every call returns a handle to the same history.
+    fn change_feed(&self) -> Option<Arc<dyn ChangeFeed>> {
+        None
     }
 }

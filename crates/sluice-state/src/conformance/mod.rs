@@ -24,6 +24,7 @@ mod query;
 mod scenario;
 mod transactions;
 mod ttl;
+pub mod watch;
 
 use std::sync::Arc;
 

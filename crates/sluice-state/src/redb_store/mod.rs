@@ -23,9 +23,17 @@
 //! TTL: an item is invisible to every read from its deadline on. Expired items are removed from
 //! the file by the writes that follow: each write transaction first sweeps a bounded number of
 //! them, oldest deadline first, and opening the store sweeps them all;
-//! [`RedbStore::purge_expired`] sweeps them all on demand. A sweep does not advance the version
-//! counter (the item vanished at its deadline, not at the sweep).
+//! [`RedbStore::purge_expired`] sweeps them all on demand.
+//!
+//! Watch: the global version counter is the revision. Every change (a put, a delete, an expired
+//! item swept — its expiry event) takes a version; a transaction's changes are written to the
+//! `changes` table at one revision, the counter after it, in the same transaction, so history is
+//! durable, survives a reopen, and commits become visible in revision order. The history is kept
+//! under a [`Retention`] (count and age), enforced by each write and by the expiry reaper that
+//! [`Store::change_feed`] starts (every [`DEFAULT_REAP_INTERVAL`]), which also turns TTL expiry
+//! into delete events without waiting for a write.
 
+mod changes;
 mod errors;
 mod reader;
 mod record;
@@ -33,7 +41,7 @@ mod tables;
 mod writer;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
 use redb::{Database, Durability, WriteTransaction};
@@ -42,8 +50,12 @@ use crate::error::StateError;
 use crate::keys;
 use crate::query::{self, Query, QueryResponse};
 use crate::store::{DeleteRequest, Features, Item, KeyPage, Page, SetRequest, Store, TxOperation};
+use crate::watch::{
+    spawn_reaper, ChangeFeed, ChangesAfter, ExpirySweep, ReaperHandle, Retention, RevisionNotifier,
+    Snapshot, DEFAULT_REAP_INTERVAL,
+};
 use errors::{backend_error, op_error, open_error, replicate, BACKEND};
-use tables::{DEADLINES, ITEMS, META};
+use tables::{CHANGES, DEADLINES, ITEMS, META};
 use writer::Writer;
 
 /// Expired items a write transaction sweeps besides its own work.
@@ -61,14 +73,23 @@ const INLINE_BULK_GET: usize = 64;
 /// A write runs to completion on the blocking pool even if its future is dropped, so a cancelled
 /// `set` may still be applied (as with any request whose answer is lost).
 pub struct RedbStore {
-    db: Arc<Database>,
-    path: Arc<PathBuf>,
+    feed: Arc<RedbFeed>,
+    reaper: OnceLock<Option<ReaperHandle>>,
+}
+
+/// The database and what its change feed needs; shared by the store, its feed handles and the
+/// reaper.
+struct RedbFeed {
+    db: Database,
+    path: PathBuf,
+    retention: Retention,
+    notifier: RevisionNotifier,
 }
 
 impl std::fmt::Debug for RedbStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedbStore")
-            .field("path", &self.path)
+            .field("path", &self.feed.path)
             .finish_non_exhaustive()
     }
 }
@@ -81,6 +102,14 @@ impl RedbStore {
     /// `spawn_blocking`. Fails with a [`StateError::Backend`] naming the path when a directory or
     /// the file cannot be created, the file is not a redb database, or the file is already open.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StateError> {
+        Self::open_with_retention(path, Retention::default())
+    }
+
+    /// Like [`RedbStore::open`], keeping `retention` of change history.
+    pub fn open_with_retention(
+        path: impl AsRef<Path>,
+        retention: Retention,
+    ) -> Result<Self, StateError> {
         let path = path.as_ref().to_path_buf();
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| {
@@ -91,39 +120,32 @@ impl RedbStore {
             })?;
         }
         let db = Database::create(&path).map_err(|e| open_error(&path, e))?;
-        let store = RedbStore {
-            db: Arc::new(db),
-            path: Arc::new(path),
+        let feed = RedbFeed {
+            db,
+            path,
+            retention,
+            notifier: RevisionNotifier::new(0),
         };
-        store.create_tables()?;
-        write(&store.db, &store.path, |w| Ok((w.sweep(usize::MAX)?, true)))?;
-        Ok(store)
+        feed.create_tables()?;
+        write(&feed, |w| Ok((w.sweep(usize::MAX)?, true)))?;
+        feed.notifier
+            .publish(changes::current_revision(&feed.db, &feed.path)?);
+        Ok(RedbStore {
+            feed: Arc::new(feed),
+            reaper: OnceLock::new(),
+        })
     }
 
     /// The file the store lives in.
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.feed.path
     }
 
     /// Removes every expired item from the file now, in one durable transaction; returns how
     /// many. Reads never see expired items anyway: this only frees their space sooner than the
     /// sweeps of later writes would.
     pub async fn purge_expired(&self) -> Result<usize, StateError> {
-        self.blocking(|db, path| write(db, path, |w| Ok((w.sweep(usize::MAX)?, true))))
-            .await
-    }
-
-    /// Creates every table so that reads never meet a missing one.
-    fn create_tables(&self) -> Result<(), StateError> {
-        let txn = begin_write(&self.db, &self.path)?;
-        let created = txn
-            .open_table(ITEMS)
-            .map(drop)
-            .and_then(|()| txn.open_table(DEADLINES).map(drop))
-            .and_then(|()| txn.open_table(META).map(drop))
-            .map_err(|e| op_error(&self.path, "create tables in", e));
-        created?;
-        commit(txn, &self.path)
+        self.feed.purge_expired().await
     }
 
     /// Runs `f` with the database on tokio's blocking pool.
@@ -132,11 +154,95 @@ impl RedbStore {
         T: Send + 'static,
         F: FnOnce(&Database, &Path) -> Result<T, StateError> + Send + 'static,
     {
-        let db = Arc::clone(&self.db);
-        let path = Arc::clone(&self.path);
-        tokio::task::spawn_blocking(move || f(&db, &path))
+        self.feed
+            .blocking(move |feed| f(&feed.db, &feed.path))
+            .await
+    }
+
+    /// Runs `f` in one durable write transaction on the blocking pool (see [`write`]).
+    async fn write<T, F>(&self, f: F) -> Result<T, StateError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Writer<'_>) -> Result<(T, bool), StateError> + Send + 'static,
+    {
+        self.feed.blocking(move |feed| write(feed, f)).await
+    }
+}
+
+impl RedbFeed {
+    /// Creates every table so that reads never meet a missing one.
+    fn create_tables(&self) -> Result<(), StateError> {
+        let txn = begin_write(&self.db, &self.path)?;
+        let created = txn
+            .open_table(ITEMS)
+            .map(drop)
+            .and_then(|()| txn.open_table(DEADLINES).map(drop))
+            .and_then(|()| txn.open_table(META).map(drop))
+            .and_then(|()| txn.open_table(CHANGES).map(drop))
+            .map_err(|e| op_error(&self.path, "create tables in", e));
+        created?;
+        commit(txn, &self.path)
+    }
+
+    /// Runs `f` on tokio's blocking pool.
+    async fn blocking<T, F>(self: &Arc<Self>, f: F) -> Result<T, StateError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&RedbFeed) -> Result<T, StateError> + Send + 'static,
+    {
+        let feed = Arc::clone(self);
+        tokio::task::spawn_blocking(move || f(&feed))
             .await
             .map_err(|e| op_error(&self.path, "run a blocking task on", e))?
+    }
+
+    /// Sweeps every expired item and applies the history's age bound, in one transaction.
+    async fn purge_expired(self: &Arc<Self>) -> Result<usize, StateError> {
+        self.blocking(|feed| {
+            write(feed, |w| {
+                let swept = w.sweep(usize::MAX)?;
+                Ok((swept, true))
+            })
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl ExpirySweep for RedbFeed {
+    async fn sweep_expired(self: Arc<Self>) -> Result<usize, StateError> {
+        self.purge_expired().await
+    }
+}
+
+#[async_trait]
+impl ChangeFeed for Arc<RedbFeed> {
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+
+    async fn current_revision(&self) -> Result<u64, StateError> {
+        Ok(self.notifier.latest())
+    }
+
+    async fn snapshot(&self, prefixes: &[String]) -> Result<Snapshot, StateError> {
+        let prefixes = prefixes.to_vec();
+        self.blocking(move |f| changes::snapshot(&f.db, &f.path, &prefixes))
+            .await
+    }
+
+    async fn changes_after(&self, after: u64, limit: usize) -> Result<ChangesAfter, StateError> {
+        self.blocking(move |f| changes::changes_after(&f.db, &f.path, after, limit))
+            .await
+    }
+
+    async fn wait_for_revision(&self, after: u64) -> Result<u64, StateError> {
+        Ok(self.notifier.wait_after(after).await)
+    }
+
+    async fn compact(&self, through: u64) -> Result<u64, StateError> {
+        self.blocking(move |f| write(f, |w| Ok((w.compact_through(through)?, true))))
+            .await
     }
 }
 
@@ -160,35 +266,31 @@ impl Store for RedbStore {
 
     async fn get(&self, key: &str) -> Result<Option<Item>, StateError> {
         crate::etag::check_key(key)?;
-        reader::get(&self.db, &self.path, key)
+        reader::get(&self.feed.db, &self.feed.path, key)
     }
 
     async fn set(&self, req: SetRequest) -> Result<String, StateError> {
         crate::etag::check_key(&req.key)?;
-        self.blocking(move |db, path| {
-            write(db, path, |w| {
-                w.sweep(SWEEP_PER_WRITE)?;
-                let result = w.set(&req)?;
-                let keep = result.is_ok();
-                Ok((result.map(|v| v.to_string()), keep))
-            })?
+        self.write(move |w| {
+            w.sweep(SWEEP_PER_WRITE)?;
+            let result = w.set(&req)?;
+            let keep = result.is_ok();
+            Ok((result.map(|v| v.to_string()), keep))
         })
-        .await
+        .await?
     }
 
     async fn delete(&self, req: DeleteRequest) -> Result<(), StateError> {
         crate::etag::check_key(&req.key)?;
-        self.blocking(move |db, path| {
-            write(db, path, |w| {
-                let result = w.delete(&req)?;
-                let keep = result.is_ok();
-                if keep {
-                    w.sweep(SWEEP_PER_WRITE)?;
-                }
-                Ok((result.map(drop), keep))
-            })?
+        self.write(move |w| {
+            let result = w.delete(&req)?;
+            let keep = result.is_ok();
+            if keep {
+                w.sweep(SWEEP_PER_WRITE)?;
+            }
+            Ok((result.map(drop), keep))
         })
-        .await
+        .await?
     }
 
     /// Applies the whole batch, in order, in one write transaction with one durable commit. Keys
@@ -200,15 +302,13 @@ impl Store for RedbStore {
         }
         let count = reqs.len();
         let outcome = self
-            .blocking(move |db, path| {
-                write(db, path, |w| {
-                    w.sweep(SWEEP_PER_WRITE)?;
-                    let results = reqs
-                        .iter()
-                        .map(|req| Ok(w.set(req)?.map(|v| v.to_string())))
-                        .collect::<Result<Vec<_>, StateError>>()?;
-                    Ok((results, true))
-                })
+            .write(move |w| {
+                w.sweep(SWEEP_PER_WRITE)?;
+                let results = reqs
+                    .iter()
+                    .map(|req| Ok(w.set(req)?.map(|v| v.to_string())))
+                    .collect::<Result<Vec<_>, StateError>>()?;
+                Ok((results, true))
             })
             .await;
         match outcome {
@@ -220,7 +320,7 @@ impl Store for RedbStore {
     /// Reads every key from one snapshot; inline for a few keys, on the blocking pool for many.
     async fn bulk_get(&self, keys: &[String]) -> Vec<Result<Option<Item>, StateError>> {
         if keys.len() <= INLINE_BULK_GET {
-            return reader::bulk_get(&self.db, &self.path, keys);
+            return reader::bulk_get(&self.feed.db, &self.feed.path, keys);
         }
         let owned = keys.to_vec();
         let count = owned.len();
@@ -240,15 +340,13 @@ impl Store for RedbStore {
         }
         let count = reqs.len();
         let outcome = self
-            .blocking(move |db, path| {
-                write(db, path, |w| {
-                    let results = reqs
-                        .iter()
-                        .map(|req| Ok(w.delete(req)?.map(drop)))
-                        .collect::<Result<Vec<_>, StateError>>()?;
-                    w.sweep(SWEEP_PER_WRITE)?;
-                    Ok((results, true))
-                })
+            .write(move |w| {
+                let results = reqs
+                    .iter()
+                    .map(|req| Ok(w.delete(req)?.map(drop)))
+                    .collect::<Result<Vec<_>, StateError>>()?;
+                w.sweep(SWEEP_PER_WRITE)?;
+                Ok((results, true))
             })
             .await;
         match outcome {
@@ -268,32 +366,30 @@ impl Store for RedbStore {
         if ops.is_empty() {
             return Ok(());
         }
-        self.blocking(move |db, path| {
-            write(db, path, |w| {
-                for (index, op) in ops.iter().enumerate() {
-                    if let Err(source) = w.check(op)? {
-                        let aborted = StateError::TransactionAborted {
-                            index,
-                            key: op.key().to_string(),
-                            source: Box::new(source),
-                        };
-                        return Ok((Err(aborted), false));
-                    }
+        self.write(move |w| {
+            for (index, op) in ops.iter().enumerate() {
+                if let Err(source) = w.check(op)? {
+                    let aborted = StateError::TransactionAborted {
+                        index,
+                        key: op.key().to_string(),
+                        source: Box::new(source),
+                    };
+                    return Ok((Err(aborted), false));
                 }
-                for op in &ops {
-                    w.apply(op)?;
-                }
-                w.sweep(SWEEP_PER_WRITE)?;
-                Ok((Ok(()), true))
-            })?
+            }
+            for op in &ops {
+                w.apply(op)?;
+            }
+            w.sweep(SWEEP_PER_WRITE)?;
+            Ok((Ok(()), true))
         })
-        .await
+        .await?
     }
 
     async fn delete_with_prefix(&self, prefix: &str) -> Result<u64, StateError> {
         keys::check_prefix(prefix)?;
         let prefix = prefix.to_string();
-        self.blocking(move |db, path| write(db, path, |w| Ok((w.delete_prefix(&prefix)?, true))))
+        self.write(move |w| Ok((w.delete_prefix(&prefix)?, true)))
             .await
     }
 
@@ -310,25 +406,40 @@ impl Store for RedbStore {
         self.blocking(move |db, path| query::run(reader::object_items(db, path)?.into_iter(), &q))
             .await
     }
+
+    /// The durable history; the first call inside a tokio runtime also starts the expiry
+    /// reaper (it stops once the store and every feed handle are dropped).
+    fn change_feed(&self) -> Option<Arc<dyn ChangeFeed>> {
+        self.reaper
+            .get_or_init(|| spawn_reaper(Arc::downgrade(&self.feed), DEFAULT_REAP_INTERVAL));
+        Some(Arc::new(Arc::clone(&self.feed)) as Arc<dyn ChangeFeed>)
+    }
 }
 
 /// Runs `f` in one durable write transaction. `f` returns its answer and whether to keep its
 /// changes; they are committed only if it says so and something changed, else the transaction is
 /// aborted (no fsync). A backend error from `f` aborts too.
+///
+/// Once committed, the transaction's revision is published to watchers. redb runs one write
+/// transaction at a time, so revisions commit in order and a reader woken by revision R sees
+/// every revision up to R.
 fn write<T>(
-    db: &Database,
-    path: &Path,
+    feed: &RedbFeed,
     f: impl FnOnce(&mut Writer<'_>) -> Result<(T, bool), StateError>,
 ) -> Result<T, StateError> {
-    let txn = begin_write(db, path)?;
-    let (answer, keep) = {
-        let mut w = Writer::open(&txn, path)?;
+    let path = feed.path.as_path();
+    let txn = begin_write(&feed.db, path)?;
+    let (answer, keep, revision) = {
+        let mut w = Writer::open(&txn, path, feed.retention)?;
         let (answer, keep) = f(&mut w)?;
-        let changed = w.finish()?;
-        (answer, keep && changed)
+        let (changed, revision) = w.finish()?;
+        (answer, keep && changed, revision)
     };
     if keep {
         commit(txn, path)?;
+        if let Some(revision) = revision {
+            feed.notifier.publish(revision);
+        }
     } else {
         abort(txn, path)?;
     }

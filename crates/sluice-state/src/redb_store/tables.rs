@@ -12,3 +12,8 @@ pub(super) const DEADLINES: TableDefinition<(u64, &str), ()> = TableDefinition::
 pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// The `meta` key holding the last version handed out.
 pub(super) const LAST_VERSION: &str = "last_version";
+/// (revision, position within the commit) → a change record (see [`super::changes`]): the
+/// history watchers read, written in the same transaction as the change itself.
+pub(super) const CHANGES: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("changes");
+/// The `meta` key holding the highest revision dropped from [`CHANGES`] (0: none).
+pub(super) const COMPACTED_THROUGH: &str = "compacted_through";

@@ -1,19 +1,23 @@
 //! Changes inside one write transaction: conditional writes and deletes, the version counter,
-//! and sweeping expired items.
+//! sweeping expired items, and recording every change in the history table (at the
+//! transaction's revision: the counter after it) under its retention.
 
 use std::path::Path;
 use std::time::SystemTime;
 
-use redb::{ReadableTable, Table, WriteTransaction};
+use bytes::Bytes;
+use redb::{ReadableTable, ReadableTableMetadata, Table, WriteTransaction};
 
+use super::changes;
 use super::errors::{backend_error, corrupt, op_error};
 use super::record;
-use super::tables::{DEADLINES, ITEMS, LAST_VERSION, META};
+use super::tables::{CHANGES, COMPACTED_THROUGH, DEADLINES, ITEMS, LAST_VERSION, META};
 use crate::error::StateError;
 use crate::etag;
 use crate::keys;
 use crate::store::{Concurrency, DeleteRequest, SetRequest, TxOperation};
 use crate::ttl;
+use crate::watch::{Change, Op, Retention};
 
 /// The outcome of one request inside a transaction: the outer error is a backend failure (the
 /// transaction must not be committed); the inner one is the request's own rejection (empty key,
@@ -25,7 +29,11 @@ pub(super) struct Writer<'t> {
     items: Table<'t, &'static str, &'static [u8]>,
     deadlines: Table<'t, (u64, &'static str), ()>,
     meta: Table<'t, &'static str, u64>,
+    changes: Table<'t, (u64, u32), &'static [u8]>,
     path: &'t Path,
+    retention: Retention,
+    /// Changes made so far, recorded by [`Writer::finish`].
+    pending: Vec<Change>,
     /// The transaction's clock: every request in it sees the same time.
     now: SystemTime,
     now_ms: u64,
@@ -43,7 +51,11 @@ struct Stored {
 
 impl<'t> Writer<'t> {
     /// Opens the tables of `txn` and reads the version counter.
-    pub(super) fn open(txn: &'t WriteTransaction, path: &'t Path) -> Result<Self, StateError> {
+    pub(super) fn open(
+        txn: &'t WriteTransaction,
+        path: &'t Path,
+        retention: Retention,
+    ) -> Result<Self, StateError> {
         let items = txn
             .open_table(ITEMS)
             .map_err(|e| op_error(path, "open the items table of", e))?;
@@ -53,6 +65,9 @@ impl<'t> Writer<'t> {
         let meta = txn
             .open_table(META)
             .map_err(|e| op_error(path, "open the meta table of", e))?;
+        let changes = txn
+            .open_table(CHANGES)
+            .map_err(|e| op_error(path, "open the changes table of", e))?;
         let last_version = meta
             .get(LAST_VERSION)
             .map_err(|e| op_error(path, "read the version counter of", e))?
@@ -63,7 +78,10 @@ impl<'t> Writer<'t> {
             items,
             deadlines,
             meta,
+            changes,
             path,
+            retention,
+            pending: Vec::new(),
             now,
             now_ms: ttl::to_unix_millis(now),
             last_version,
@@ -72,15 +90,147 @@ impl<'t> Writer<'t> {
         })
     }
 
-    /// Writes the version counter back; returns whether the transaction changed anything (if
-    /// not, it need not be committed).
-    pub(super) fn finish(mut self) -> Result<bool, StateError> {
+    /// Records the pending changes at the transaction's revision, applies the retention, and
+    /// writes the counters back; returns whether the transaction changed anything (if not, it
+    /// need not be committed) and the revision its changes carry, if any.
+    pub(super) fn finish(mut self) -> Result<(bool, Option<u64>), StateError> {
+        let revision = self.record_pending()?;
+        if self.enforce_retention()? {
+            self.changed = true;
+        }
         if self.version_moved {
             self.meta
                 .insert(LAST_VERSION, self.last_version)
                 .map_err(|e| op_error(self.path, "write the version counter of", e))?;
         }
-        Ok(self.changed)
+        Ok((self.changed, revision))
+    }
+
+    /// Writes the pending changes to the history at the current counter; returns it.
+    fn record_pending(&mut self) -> Result<Option<u64>, StateError> {
+        if self.pending.is_empty() {
+            return Ok(None);
+        }
+        if !self.version_moved {
+            self.next_version()?;
+        }
+        let revision = self.last_version;
+        for (seq, change) in std::mem::take(&mut self.pending).iter().enumerate() {
+            let seq = u32::try_from(seq).map_err(|_| {
+                backend_error(format!(
+                    "a transaction on {} made over 4 billion changes",
+                    self.path.display()
+                ))
+            })?;
+            self.changes
+                .insert(
+                    (revision, seq),
+                    changes::encode(change, self.now_ms).as_slice(),
+                )
+                .map_err(|e| op_error(self.path, "write a change to", e))?;
+        }
+        self.changed = true;
+        Ok(Some(revision))
+    }
+
+    /// Drops the oldest revisions beyond the retention; returns whether it dropped any.
+    pub(super) fn enforce_retention(&mut self) -> Result<bool, StateError> {
+        let mut dropped = false;
+        if let Some(max) = self.retention.max_changes {
+            let max = max as u64;
+            while self
+                .changes
+                .len()
+                .map_err(|e| op_error(self.path, "count the changes of", e))?
+                > max
+            {
+                dropped |= self.drop_oldest_revision()?;
+            }
+        }
+        if let Some(age) = self.retention.max_age {
+            let age_ms = u64::try_from(age.as_millis()).unwrap_or(u64::MAX);
+            let cutoff = self.now_ms.saturating_sub(age_ms);
+            while self.oldest_change_ms()?.is_some_and(|at| at < cutoff) {
+                dropped |= self.drop_oldest_revision()?;
+            }
+        }
+        Ok(dropped)
+    }
+
+    /// The commit time of the oldest change held.
+    fn oldest_change_ms(&self) -> Result<Option<u64>, StateError> {
+        let first = self
+            .changes
+            .first()
+            .map_err(|e| op_error(self.path, "read the changes of", e))?;
+        Ok(first.and_then(|(_, v)| {
+            v.value()
+                .get(1..9)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_le_bytes)
+        }))
+    }
+
+    /// Drops every change of the oldest revision held; returns whether there was one.
+    fn drop_oldest_revision(&mut self) -> Result<bool, StateError> {
+        let first = self
+            .changes
+            .first()
+            .map_err(|e| op_error(self.path, "read the changes of", e))?
+            .map(|(k, _)| k.value().0);
+        let Some(revision) = first else {
+            return Ok(false);
+        };
+        self.compact_through(revision)?;
+        Ok(true)
+    }
+
+    /// Drops every change with a revision ≤ `through` (clamped to the counter); returns the
+    /// smallest revision a reader can now ask changes after.
+    pub(super) fn compact_through(&mut self, through: u64) -> Result<u64, StateError> {
+        let through = through.min(self.last_version);
+        self.changes
+            .retain_in((0u64, 0u32)..=(through, u32::MAX), |_, _| false)
+            .map_err(|e| op_error(self.path, "compact the changes of", e))?;
+        let before = self
+            .meta
+            .get(COMPACTED_THROUGH)
+            .map_err(|e| op_error(self.path, "read the counters of", e))?
+            .map_or(0, |g| g.value());
+        let now = before.max(through);
+        if now != before {
+            self.meta
+                .insert(COMPACTED_THROUGH, now)
+                .map_err(|e| op_error(self.path, "write the counters of", e))?;
+            self.changed = true;
+        }
+        Ok(now)
+    }
+
+    /// Notes one change (recorded at [`Writer::finish`]).
+    fn record(&mut self, key: &str, op: Op, value: Option<Bytes>, prev_value: Option<Bytes>) {
+        self.pending.push(Change {
+            revision: 0,
+            key: key.to_string(),
+            op,
+            value,
+            prev_value,
+        });
+    }
+
+    /// The value stored at `key`, expired or not.
+    fn stored_value(&self, key: &str) -> Result<Option<Bytes>, StateError> {
+        let guard = self
+            .items
+            .get(key)
+            .map_err(|e| op_error(self.path, "read from", e))?;
+        guard
+            .map(|g| {
+                record::decode(g.value())
+                    .map(|r| Bytes::copy_from_slice(r.value))
+                    .map_err(|e| corrupt(self.path, key, e))
+            })
+            .transpose()
     }
 
     /// What is stored at `key`, expired or not.
@@ -176,7 +326,12 @@ impl<'t> Writer<'t> {
     /// Writes one key without checks; returns the new version.
     fn write(&mut self, req: &SetRequest) -> Result<u64, StateError> {
         let key = req.key.as_str();
-        let old_deadline = self.stored(key)?.and_then(|s| s.expires_ms);
+        let old = self.stored(key)?;
+        let old_value = match &old {
+            Some(_) => self.stored_value(key)?,
+            None => None,
+        };
+        let old_deadline = old.as_ref().and_then(|s| s.expires_ms);
         let version = self.next_version()?;
         let expires_ms = req.ttl.map(|t| ttl::expiry_millis(self.now, t));
         self.items
@@ -197,6 +352,16 @@ impl<'t> Writer<'t> {
                     .map_err(|e| op_error(self.path, "write a deadline to", e))?;
             }
         }
+        let prev_value = match (old.map(|s| s.live), old_value) {
+            (Some(true), prev) => prev,
+            (Some(false), expired) => {
+                // The expired item's delete comes first: that is its expiry event.
+                self.record(key, Op::Delete, None, expired);
+                None
+            }
+            _ => None,
+        };
+        self.record(key, Op::Put, Some(req.value.clone()), prev_value);
         self.changed = true;
         Ok(version)
     }
@@ -207,11 +372,12 @@ impl<'t> Writer<'t> {
         let Some(stored) = self.stored(key)? else {
             return Ok(false);
         };
+        let prev = self.stored_value(key)?;
         self.remove(key, &stored)?;
-        if stored.live {
-            // A delete is a committed change too: it advances the global revision.
-            self.next_version()?;
-        }
+        // A delete is a committed change too (an expired item's delete is its expiry event):
+        // it advances the global revision.
+        self.next_version()?;
+        self.record(key, Op::Delete, None, prev);
         Ok(stored.live)
     }
 
@@ -293,9 +459,12 @@ impl<'t> Writer<'t> {
             // The index is exact, but a record is checked before it goes: only an item that
             // still holds this deadline is expired.
             if self.stored(key)?.is_some_and(|s| s.expires_ms == Some(*at)) {
+                let prev = self.stored_value(key)?;
                 self.items
                     .remove(key.as_str())
                     .map_err(|e| op_error(self.path, "delete from", e))?;
+                self.next_version()?;
+                self.record(key, Op::Delete, None, prev);
             }
             self.changed = true;
         }
