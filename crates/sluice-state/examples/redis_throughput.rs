@@ -175,9 +175,11 @@ async fn run_task(
                     .await?;
             }
             Op::DirectSetScript => {
-                let version: i64 = ctx
-                    .set
-                    .key(&ctx.prefix)
+                let mut call = ctx.set.prepare_invoke();
+                for aux in scripts::aux_keys(&ctx.prefix) {
+                    call.key(aux);
+                }
+                let version: i64 = call
                     .key(&own_redis)
                     .arg(ctx.value.as_slice())
                     .arg(&etag)
@@ -198,7 +200,10 @@ async fn run_task(
                 ctx.store.multi(tx).await?;
             }
             Op::DirectMultiScript => {
-                let mut call = ctx.multi.key(&ctx.prefix);
+                let mut call = ctx.multi.prepare_invoke();
+                for aux in scripts::aux_keys(&ctx.prefix) {
+                    call.key(aux);
+                }
                 for k in &tx_redis {
                     call.key(k);
                 }

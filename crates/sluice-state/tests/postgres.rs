@@ -100,10 +100,18 @@ impl Drop for Fixture {
         let sql = match &self.options.schema {
             Some(schema) => format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"),
             None => format!(
-                "DROP TABLE IF EXISTS {t}; DROP TABLE IF EXISTS {m}; DROP SEQUENCE IF EXISTS {s};",
+                "DROP TABLE IF EXISTS {t}; DROP TABLE IF EXISTS {m}; DROP SEQUENCE IF EXISTS {s}; \
+                 DROP TABLE IF EXISTS {c}, {w}; DROP SEQUENCE IF EXISTS {rs}, {cs}; \
+                 DROP FUNCTION IF EXISTS {f}();",
                 t = self.qualified(table),
                 m = self.qualified(&format!("{table}_migrations")),
                 s = self.qualified(&format!("{table}_version_seq")),
+                // The change feed's objects (migration 3).
+                c = self.qualified(&format!("{table}_changes")),
+                w = self.qualified(&format!("{table}_watch")),
+                rs = self.qualified(&format!("{table}_revision_seq")),
+                cs = self.qualified(&format!("{table}_change_seq")),
+                f = self.qualified(&format!("{table}_record")),
             ),
         };
         // A runtime of its own: the test's may be gone or unwinding.

@@ -48,6 +48,59 @@ pub(crate) struct TableNames {
     pub schema: Option<String>,
     /// The unquoted qualified table name, for messages and the migration lock.
     pub display: String,
+    /// The names of the change feed's objects (see [`super::feed`]).
+    pub watch: WatchNames,
+}
+
+/// The quoted names of what the change feed owns, and the keys it signals and locks with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct WatchNames {
+    /// The change history table.
+    pub changes: String,
+    /// The sequence revisions are drawn from.
+    pub revision_seq: String,
+    /// The sequence ordering the changes within a revision.
+    pub change_seq: String,
+    /// The one-row table holding `compacted_through`.
+    pub meta: String,
+    /// The row trigger function recording changes.
+    pub trigger_fn: String,
+    /// The trigger (unqualified: a trigger lives on its table).
+    pub trigger: String,
+    /// The `LISTEN` / `pg_notify` channel (unquoted; ASCII, at most 30 bytes).
+    pub channel: String,
+    /// The transaction-local setting holding the transaction's revision.
+    pub setting: String,
+    /// The advisory lock every writing transaction holds shared while it draws its revision
+    /// and commits, and a snapshot takes exclusively: (class, key), both positive.
+    pub lock: (i32, i32),
+}
+
+/// The first key of the change feed's advisory lock ("SLWC").
+const WATCH_LOCK_CLASS: i32 = 0x534c_5743;
+
+/// FNV-1a, 64 bits: a stable hash of a table's name for the names that cannot hold it whole.
+fn fnv1a(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+impl WatchNames {
+    fn new(table: &str, display: &str, qualify: impl Fn(&str) -> String) -> Self {
+        let hash = fnv1a(display);
+        WatchNames {
+            changes: qualify(&format!("{table}_changes")),
+            revision_seq: qualify(&format!("{table}_revision_seq")),
+            change_seq: qualify(&format!("{table}_change_seq")),
+            meta: qualify(&format!("{table}_watch")),
+            trigger_fn: qualify(&format!("{table}_record")),
+            trigger: format!("\"{table}_record\""),
+            channel: format!("sluice_watch_{hash:016x}"),
+            setting: format!("sluice.rev_{hash:016x}"),
+            lock: (WATCH_LOCK_CLASS, (hash & 0x7fff_ffff) as i32),
+        }
+    }
 }
 
 impl TableNames {
@@ -61,16 +114,18 @@ impl TableNames {
             Some(schema) => format!("\"{schema}\".\"{name}\""),
             None => format!("\"{name}\""),
         };
+        let display = match schema {
+            Some(schema) => format!("{schema}.{table}"),
+            None => table.to_string(),
+        };
         Ok(TableNames {
+            watch: WatchNames::new(table, &display, qualify),
             table: qualify(table),
             sequence: qualify(&format!("{table}_version_seq")),
             migrations: qualify(&format!("{table}_migrations")),
             expires_index: format!("\"{table}_expires_at_idx\""),
             schema: schema.map(|s| format!("\"{s}\"")),
-            display: match schema {
-                Some(schema) => format!("{schema}.{table}"),
-                None => table.to_string(),
-            },
+            display,
         })
     }
 }

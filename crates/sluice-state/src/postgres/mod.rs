@@ -49,6 +49,7 @@
 
 mod connection;
 mod errors;
+mod feed;
 mod ident;
 mod listing;
 mod options;
@@ -80,6 +81,7 @@ use write::{Applied, Remove, Step, Write};
 use crate::error::StateError;
 use crate::query::{Query, QueryResponse};
 use crate::store::{DeleteRequest, Features, Item, KeyPage, Page, SetRequest, Store, TxOperation};
+use crate::watch::{ChangeFeed, Retention};
 
 /// A store in a PostgreSQL table (see the [module documentation](self)).
 ///
@@ -104,11 +106,29 @@ pub(crate) struct Inner {
     sql: Sql,
     names: TableNames,
     target: Target,
+    /// The connection settings, for the change feed's `LISTEN` connection.
+    config: tokio_postgres::Config,
+    /// The change feed, started by the first [`Store::change_feed`] call.
+    feed: feed::FeedSlot,
+    /// Notifies other processes' watchers after writes; started by the first write.
+    pump: std::sync::OnceLock<Option<feed::pump::Pump>>,
     /// Stops the sweeper when the last clone goes.
     _sweeper: Option<sweep::Sweeper>,
 }
 
 impl Inner {
+    /// Tells watchers, here and in other processes, that a write call ended (it may have
+    /// committed). Cheap: wake-ups coalesce.
+    fn wrote(&self) {
+        self.feed.poke_local();
+        let pump = self.pump.get_or_init(|| {
+            feed::pump::Pump::spawn(self.config.clone(), self.names.watch.channel.clone())
+        });
+        if let Some(pump) = pump {
+            pump.poke();
+        }
+    }
+
     /// A pooled connection for `what` (built only on failure).
     async fn client(&self, what: impl FnOnce() -> String) -> Result<Object, StateError> {
         self.pool
@@ -134,7 +154,7 @@ impl PostgresStore {
             connection::describe(&config),
             names.display
         ));
-        let pool = connection::pool(config, &options)?;
+        let pool = connection::pool(config.clone(), &options)?;
         let mut client = pool.get().await.map_err(|e| target.pool("connect", e))?;
         schema::migrate(&mut client, &names, &target).await?;
         drop(client);
@@ -148,6 +168,9 @@ impl PostgresStore {
                 sql,
                 names,
                 target,
+                config,
+                feed: feed::FeedSlot::default(),
+                pump: std::sync::OnceLock::new(),
                 _sweeper: sweeper,
             }),
         })
@@ -156,6 +179,12 @@ impl PostgresStore {
     /// The table's qualified name (`schema.table`, or `table` when no schema was configured).
     pub fn table_name(&self) -> &str {
         &self.inner.names.display
+    }
+
+    /// Sets how much change history the store keeps for watchers ([`Retention::default`] unless
+    /// set); applied by the feed's reaper, every [`crate::watch::DEFAULT_REAP_INTERVAL`].
+    pub fn set_retention(&self, retention: Retention) {
+        self.inner.feed.set_retention(retention);
     }
 
     /// Deletes every expired row now and returns how many (the background sweeper does the same
@@ -302,8 +331,9 @@ impl Store for PostgresStore {
         let Some(step) = Step::checked_set(&w) else {
             return Err(StateError::EtagMismatch { key: w.key });
         };
-        let applied = self.run_one(step, || format!("set {:?}", w.key)).await?;
-        write::set_result(&w.key, applied)
+        let applied = self.run_one(step, || format!("set {:?}", w.key)).await;
+        self.inner.wrote();
+        write::set_result(&w.key, applied?)
     }
 
     async fn delete(&self, req: DeleteRequest) -> Result<(), StateError> {
@@ -311,8 +341,9 @@ impl Store for PostgresStore {
         let Some(step) = Step::checked_delete(&r) else {
             return Err(StateError::EtagMismatch { key: r.key });
         };
-        let applied = self.run_one(step, || format!("delete {:?}", r.key)).await?;
-        write::delete_result(&r.key, applied)
+        let applied = self.run_one(step, || format!("delete {:?}", r.key)).await;
+        self.inner.wrote();
+        write::delete_result(&r.key, applied?)
     }
 
     async fn set_many(&self, reqs: Vec<SetRequest>) -> Vec<Result<String, StateError>> {
@@ -347,6 +378,7 @@ impl Store for PostgresStore {
                     .await
             }
         };
+        self.inner.wrote();
         let keys: Vec<&str> = steps.iter().map(Step::key).collect();
         settle(&mut results, &indices, &keys, outcome, write::set_result);
         results.into_iter().flatten().collect()
@@ -428,13 +460,16 @@ impl Store for PostgresStore {
                     .await
             }
         };
+        self.inner.wrote();
         let keys: Vec<&str> = steps.iter().map(Step::key).collect();
         settle(&mut results, &indices, &keys, outcome, write::delete_result);
         results.into_iter().flatten().collect()
     }
 
     async fn multi(&self, ops: Vec<TxOperation>) -> Result<(), StateError> {
-        tx::multi(&self.inner, ops).await
+        let result = tx::multi(&self.inner, ops).await;
+        self.inner.wrote();
+        result
     }
 
     async fn delete_with_prefix(&self, prefix: &str) -> Result<u64, StateError> {
@@ -442,7 +477,10 @@ impl Store for PostgresStore {
         let client = inner
             .client(|| format!("delete with prefix {prefix:?}"))
             .await?;
-        listing::delete_with_prefix(&client, &inner.names.table, &inner.target, prefix).await
+        let result =
+            listing::delete_with_prefix(&client, &inner.names.table, &inner.target, prefix).await;
+        inner.wrote();
+        result
     }
 
     async fn keys(&self, pattern: &str, page: Page) -> Result<KeyPage, StateError> {
@@ -465,5 +503,21 @@ impl Store for PostgresStore {
     /// never found.
     async fn query(&self, q: &Query) -> Result<QueryResponse, StateError> {
         query_sql::run(&self.inner, q).await
+    }
+
+    /// The change history kept by a trigger in `<table>_changes` (see [`feed`]); the first call
+    /// (inside a tokio runtime) opens the `LISTEN` connection and starts the reaper that turns
+    /// expired rows into delete events and applies the [`Retention`]. They stop when the feed
+    /// and the store are dropped.
+    fn change_feed(&self) -> Option<std::sync::Arc<dyn ChangeFeed>> {
+        let inner = &self.inner;
+        let feed = inner.feed.get(
+            &inner.pool,
+            &inner.config,
+            &inner.names,
+            &inner.sql.sweep,
+            &inner.target,
+        );
+        Some(feed)
     }
 }

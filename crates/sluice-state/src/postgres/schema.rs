@@ -58,6 +58,11 @@ const MIGRATIONS: &[Migration] = &[
             )
         },
     },
+    Migration {
+        version: 3,
+        description: "change feed: revision sequence, changes table and recording trigger",
+        sql: super::feed::schema::migration,
+    },
 ];
 
 /// The newest schema version this build knows.

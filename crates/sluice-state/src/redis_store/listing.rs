@@ -10,17 +10,14 @@ use std::collections::BTreeSet;
 use redis::{RedisResult, Value};
 
 use super::errors::{backend, unexpected};
-use super::RedisStore;
+use super::{scripts, RedisStore};
 use crate::error::StateError;
 use crate::keys;
 use crate::like::{self, LikePattern};
 use crate::store::{KeyPage, Page};
 
-/// Keys deleted per `DEL` command by delete-with-prefix.
-const DELETE_BATCH: usize = 500;
-
 /// A Redis glob matching exactly `text`.
-fn glob_literal(text: &str) -> String {
+pub(super) fn glob_literal(text: &str) -> String {
     like::like_to_glob_superset(&like::escape(text))
 }
 
@@ -68,6 +65,7 @@ impl<'a> Scan<'a> {
             raw.into_iter()
                 .filter_map(|k| {
                     k.strip_prefix(prefix)
+                        .filter(|k| !k.starts_with(super::feed::RESERVED.as_bytes()))
                         .and_then(|k| std::str::from_utf8(k).ok())
                         .map(str::to_string)
                 })
@@ -86,24 +84,24 @@ pub(crate) async fn delete_with_prefix(
     let mut glob = glob_literal(&store.redis_key(prefix));
     glob.push('*');
     let mut scan = Scan::new(store, "delete with prefix", glob);
-    let mut con = store.con.clone();
-    let mut deleted = 0u64;
+    // Every key first, then one script: the whole delete is one revision for watchers.
+    let mut doomed: BTreeSet<String> = BTreeSet::new();
     while let Some(keys) = scan.next().await? {
-        let doomed: Vec<String> = keys
-            .into_iter()
-            .filter(|k| keys::under_prefix(prefix, k))
-            .map(|k| store.redis_key(&k))
-            .collect();
-        for batch in doomed.chunks(DELETE_BATCH) {
-            let reply: RedisResult<Value> =
-                redis::cmd("DEL").arg(batch).query_async(&mut con).await;
-            match reply.map_err(|e| backend("delete with prefix", &e))? {
-                Value::Int(n) => deleted += n.unsigned_abs(),
-                other => return Err(unexpected("delete with prefix", other)),
-            }
-        }
+        doomed.extend(
+            keys.into_iter()
+                .filter(|k| keys::under_prefix(prefix, k))
+                .map(|k| store.redis_key(&k)),
+        );
     }
-    Ok(deleted)
+    if doomed.is_empty() {
+        return Ok(0);
+    }
+    let doomed: Vec<String> = doomed.into_iter().collect();
+    let cmd = store.evalsha_with_items(&scripts::DELETE, &doomed);
+    match store.call("delete with prefix", &cmd).await? {
+        Value::Int(n) => Ok(n.unsigned_abs()),
+        other => Err(unexpected("delete with prefix", other)),
+    }
 }
 
 /// One page of the keys matching the LIKE `pattern`, in ascending order. The page token is the

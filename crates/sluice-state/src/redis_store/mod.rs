@@ -11,6 +11,9 @@
 //! re-create. A TTL is also the hash's own expiry (`PEXPIREAT` of the same instant), so an expired
 //! item is invisible at once, and Redis reclaims it.
 //!
+//! The change feed for watchers (a stream of every change, an expiry index) lives beside the
+//! items under names starting with `<key_prefix>\0watch:`; see [`feed`].
+//!
 //! Writes are Lua scripts (see [`scripts`]); a read is one plain `HMGET` of the three fields, so a
 //! get costs the server what a direct `HGETALL` does. Bulk calls are one pipeline each (one round
 //! trip); `multi` is one script.
@@ -31,6 +34,7 @@
 
 mod codec;
 mod errors;
+mod feed;
 mod listing;
 pub mod scripts;
 
@@ -86,6 +90,12 @@ pub struct RedisStore {
     con: ConnectionManager,
     prefix: String,
     counter_key: String,
+    /// The change feed's keys.
+    aux: std::sync::Arc<feed::AuxKeys>,
+    /// For the feed's own blocking connection.
+    client: redis::Client,
+    /// The change feed, started by the first [`Store::change_feed`] call.
+    feed: std::sync::Arc<feed::FeedSlot>,
     durable: bool,
     scan_count: usize,
 }
@@ -112,11 +122,14 @@ impl RedisStore {
             .set_connection_timeout(Some(options.connect_timeout))
             .set_response_timeout(Some(options.response_timeout))
             .set_number_of_retries(options.reconnect_attempts);
-        let con = ConnectionManager::new_with_config(client, config)
+        let con = ConnectionManager::new_with_config(client.clone(), config)
             .await
             .map_err(|e| backend("connect", &e))?;
         let mut store = RedisStore {
             con,
+            aux: std::sync::Arc::new(feed::AuxKeys::new(&options.key_prefix)),
+            client,
+            feed: std::sync::Arc::default(),
             counter_key: options.key_prefix.clone(),
             prefix: options.key_prefix,
             durable: false,
@@ -250,10 +263,7 @@ impl RedisStore {
     }
 
     fn set_cmd(&self, req: &SetRequest, args: &SetArgs) -> Cmd {
-        let mut cmd = Self::evalsha(
-            &scripts::SET,
-            &[&self.counter_key, &self.redis_key(&req.key)],
-        );
+        let mut cmd = self.evalsha_with_items(&scripts::SET, &[self.redis_key(&req.key)]);
         cmd.arg(req.value.as_ref())
             .arg(&args.etag)
             .arg(args.first_write)
@@ -261,21 +271,36 @@ impl RedisStore {
         cmd
     }
 
-    /// The command deleting `req.key`: a plain `DEL` without an ETag, else the checking script.
-    /// The returned flag says which (they reply differently).
+    /// The command deleting `req.key`: the recording delete script without an ETag, else the
+    /// checking one. The returned flag says which (they reply differently).
     fn delete_cmd(&self, req: &DeleteRequest) -> Result<(Cmd, bool), StateError> {
         etag::check_key(&req.key)?;
         let etag = codec::etag_arg(&req.key, req.etag.as_deref())?;
-        let key = self.redis_key(&req.key);
+        let keys = [self.redis_key(&req.key)];
         if etag.is_empty() {
-            let mut cmd = redis::cmd("DEL");
-            cmd.arg(key);
-            Ok((cmd, false))
+            Ok((self.evalsha_with_items(&scripts::DELETE, &keys), false))
         } else {
-            let mut cmd = Self::evalsha(&scripts::DELETE_IF, &[&key]);
+            let mut cmd = self.evalsha_with_items(&scripts::DELETE_IF, &keys);
             cmd.arg(etag);
             Ok((cmd, true))
         }
+    }
+
+    /// `EVALSHA` of `script` with the [`scripts::AUX_KEYS`] and then `items` as keys.
+    fn evalsha_with_items(&self, script: &Script, items: &[String]) -> Cmd {
+        let a = &self.aux;
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(script.get_hash())
+            .arg(items.len() + scripts::AUX_KEYS)
+            .arg(&self.counter_key)
+            .arg(&a.stream)
+            .arg(&a.expiry)
+            .arg(&a.ttl_values)
+            .arg(&a.compacted);
+        for key in items {
+            cmd.arg(key);
+        }
+        cmd
     }
 }
 
@@ -491,13 +516,8 @@ impl Store for RedisStore {
             };
             prepared.push(args.map_err(|e| aborted(index, key, e))?);
         }
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(scripts::MULTI.get_hash())
-            .arg(ops.len() + 1)
-            .arg(&self.counter_key);
-        for op in &ops {
-            cmd.arg(self.redis_key(op.key()));
-        }
+        let items: Vec<String> = ops.iter().map(|op| self.redis_key(op.key())).collect();
+        let mut cmd = self.evalsha_with_items(&scripts::MULTI, &items);
         for (op, args) in ops.iter().zip(&prepared) {
             let (kind, value): (&str, &[u8]) = match op {
                 TxOperation::Upsert(req) => ("s", req.value.as_ref()),
@@ -539,6 +559,21 @@ impl Store for RedisStore {
 
     async fn query(&self, _q: &Query) -> Result<QueryResponse, StateError> {
         Err(StateError::unsupported(BACKEND, "queries"))
+    }
+
+    /// The change history kept in a Redis stream (see [`feed`]); the first call (inside a tokio
+    /// runtime) opens the blocking `XREAD` connection and starts the reaper that turns expired
+    /// items into delete events and applies the retention.
+    fn change_feed(&self) -> Option<std::sync::Arc<dyn crate::watch::ChangeFeed>> {
+        Some(self.feed.get(self))
+    }
+}
+
+impl RedisStore {
+    /// Sets how much change history the store keeps for watchers
+    /// ([`crate::watch::Retention::default`] unless set).
+    pub fn set_retention(&self, retention: crate::watch::Retention) {
+        self.feed.set_retention(retention);
     }
 }
 

@@ -66,8 +66,8 @@ impl RedisDirect {
     fn multi_cmd(&self, keys: &[String], value: &Bytes) -> redis::Cmd {
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(self.multi.get_hash())
-            .arg(keys.len() + 1)
-            .arg(&self.prefix);
+            .arg(keys.len() + scripts::AUX_KEYS)
+            .arg(&scripts::aux_keys(&self.prefix)[..]);
         for key in keys {
             cmd.arg(self.key(key));
         }
@@ -142,8 +142,8 @@ impl Client for RedisDirect {
         let mut con = self.con.clone();
         let version: i64 = redis::cmd("EVALSHA")
             .arg(self.set.get_hash())
-            .arg(2)
-            .arg(&self.prefix)
+            .arg(1 + scripts::AUX_KEYS)
+            .arg(&scripts::aux_keys(&self.prefix)[..])
             .arg(self.key(key))
             .arg(value.as_ref())
             .arg("")
