@@ -24,6 +24,7 @@ pub mod record;
 pub mod registry;
 pub mod source_helpers;
 pub mod spec;
+pub mod watch_client;
 
 pub use connector::{
     Acks, ConnectorError, Destination, Nack, Progress, ProgressUnit, ReadBatch, Source,

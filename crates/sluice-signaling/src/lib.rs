@@ -13,10 +13,12 @@ pub mod dataplane;
 pub mod error;
 pub mod flow;
 pub mod http;
+pub mod lease;
 pub mod messages;
 pub mod outbox;
 pub mod repository;
 pub mod state;
+pub mod transfer;
 
 pub use dataplane::{Completion, DataPlane, DataPlaneBuilder, HookError, HookOutput, OutboxEntry};
 pub use error::SignalingError;

@@ -1,5 +1,10 @@
 //! Data flows in a state store: atomic check-and-create, optimistic updates, and the side effects
 //! (outbox entries, tokens) committed in the same transaction as the flow.
+//!
+//! On a durable store, concurrent transactions of different flows are committed together
+//! ([`group_commit`]): one fsync for many transitions, each acknowledged only once durable.
+
+mod group_commit;
 
 use std::sync::Arc;
 
@@ -8,11 +13,15 @@ use sluice_state::{Concurrency, Page, SetRequest, StateError, Store, TxOperation
 
 use crate::error::SignalingError;
 use crate::flow::DataFlow;
+use group_commit::GroupCommit;
 
 /// Where flows live in a store.
 #[derive(Clone)]
 pub struct FlowRepository {
     store: Arc<dyn Store>,
+    /// Group commit of flow transactions, on durable stores only (a memory store commits in
+    /// microseconds: queueing would only add latency).
+    group: Option<Arc<GroupCommit>>,
 }
 
 /// What [`FlowRepository::create`] found.
@@ -39,7 +48,19 @@ fn process_key(process_id: &str) -> String {
 impl FlowRepository {
     /// Flows kept in `store`.
     pub fn new(store: Arc<dyn Store>) -> Self {
-        FlowRepository { store }
+        let group = store
+            .features()
+            .durable
+            .then(|| Arc::new(GroupCommit::new(Arc::clone(&store))));
+        FlowRepository { store, group }
+    }
+
+    /// Commits one transaction of flow writes, grouped with concurrent ones on a durable store.
+    async fn commit(&self, ops: Vec<TxOperation>) -> Result<(), StateError> {
+        match &self.group {
+            Some(group) => group.multi(ops).await,
+            None => self.store.multi(ops).await,
+        }
     }
 
     /// The underlying store.
@@ -65,7 +86,7 @@ impl FlowRepository {
             ),
         ];
         ops.extend(extra);
-        match self.store.multi(ops).await {
+        match self.commit(ops).await {
             Ok(()) => Ok(Created::New),
             Err(StateError::TransactionAborted {
                 index: 0, source, ..
@@ -114,7 +135,7 @@ impl FlowRepository {
             SetRequest::new(flow_key(&flow.id), encode(flow)?).with_etag(etag),
         )];
         ops.extend(extra);
-        match self.store.multi(ops).await {
+        match self.commit(ops).await {
             Ok(()) => Ok(()),
             Err(StateError::TransactionAborted {
                 index: 0, source, ..

@@ -13,6 +13,11 @@ pub struct Cli {
     #[arg(long, global = true, default_value = "info", value_name = "LEVEL")]
     pub log_level: String,
 
+    /// Log line format: `text` (for people) or `json` (one JSON object per line, for log
+    /// collectors).
+    #[arg(long, global = true, env = "SLUICE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -20,6 +25,8 @@ pub struct Cli {
 
 /// The subcommands.
 #[derive(Debug, Subcommand)]
+// Parsed once per process; boxing the bench options would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Run every pipeline with `status: running` in a pipeline file until its sources end or it
     /// is stopped (Ctrl-C or SIGTERM stop gracefully; a second Ctrl-C stops at once).
@@ -43,12 +50,41 @@ pub enum Command {
     /// (Ctrl-C or SIGTERM stop gracefully; a second Ctrl-C stops at once). With no --config, one
     /// embedded store named `statestore` is offered on 127.0.0.1:3500.
     Serve(ServeArgs),
+    /// Read the data flows of a running `sluice serve` over HTTP: `list` (a table, `--state` to
+    /// filter) or `show ID` (the whole flow as JSON, secrets masked).
+    Flows {
+        /// Where the server is.
+        #[command(flatten)]
+        server: crate::commands::flows::ServerArgs,
+        /// What to show.
+        #[command(subcommand)]
+        command: crate::commands::flows::FlowsCommand,
+    },
+    /// Manage the declarative pipelines of a running `sluice serve` (its `pipelines:` section):
+    /// `apply FILE [--name N]`, `delete NAME`, `list`.
+    Pipelines {
+        /// Which server, store and prefix.
+        #[command(flatten)]
+        target: crate::commands::pipelines::TargetArgs,
+        /// What to do.
+        #[command(subcommand)]
+        command: crate::commands::pipelines::PipelinesCommand,
+    },
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// Arguments of `sluice serve`.
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
-    /// Server configuration file (YAML: listen, dataDir, stores, state, http; see
+    /// Server configuration file (YAML: listen, dataDir, stores, state, http, signaling; see
     /// docs/configuration.md). `${VAR}` is replaced from the environment.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -86,6 +122,18 @@ pub struct BenchArgs {
     /// `--state` and its options: benchmark the state stores instead.
     #[command(flatten)]
     pub state: crate::commands::bench_state::StateBenchArgs,
+
+    /// `--connectors` and its options: benchmark the PostgreSQL and NATS connectors instead.
+    #[command(flatten)]
+    pub connectors: crate::commands::bench_connectors::ConnectorBenchArgs,
+
+    /// `--signaling` and its options: benchmark the Data Plane Signaling API instead.
+    #[command(flatten)]
+    pub signaling: crate::commands::bench_signaling::SignalingBenchArgs,
+
+    /// `--watch` and its options: benchmark watch delivery per store backend instead.
+    #[command(flatten)]
+    pub watch: crate::commands::bench_watch::WatchBenchArgs,
 }
 
 /// Arguments of `sluice run`.

@@ -14,7 +14,7 @@ use sluice::ui;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(e) = ui::init_logging(&cli.log_level) {
+    if let Err(e) = ui::init_logging(&cli.log_level, cli.log_format) {
         eprintln!("error: invalid log filter: {e}");
         return ExitCode::from(2);
     }
@@ -53,6 +53,27 @@ fn execute(cli: Cli) -> anyhow::Result<Result<(), CommandError>> {
                     &args.dir,
                     &mut stdout,
                 ))
+            } else if args.watch.watch {
+                runtime.block_on(commands::bench_watch::bench_watch(
+                    &args.watch,
+                    &args.dir,
+                    args.state.postgres_url.as_deref(),
+                    args.state.redis_url.as_deref(),
+                    &mut stdout,
+                ))
+            } else if args.signaling.signaling {
+                runtime.block_on(commands::bench_signaling::bench_signaling(
+                    &args.signaling,
+                    &args.dir,
+                    args.state.postgres_url.as_deref(),
+                    &mut stdout,
+                ))
+            } else if args.connectors.connectors {
+                runtime.block_on(commands::bench_connectors::bench_connectors(
+                    &args,
+                    registry,
+                    &mut stdout,
+                ))
             } else {
                 runtime.block_on(commands::bench::bench(&args, registry, &mut stdout))
             }
@@ -63,7 +84,25 @@ fn execute(cli: Cli) -> anyhow::Result<Result<(), CommandError>> {
                 .enable_all()
                 .build()
                 .context("cannot start the async runtime")?;
-            return Ok(runtime.block_on(commands::serve::serve(&args)));
+            return Ok(runtime.block_on(commands::serve::serve_with(&args, registry)));
+        }
+        Command::Flows { server, command } => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            runtime
+                .block_on(commands::flows::run(&server, &command, &mut stdout))
+                .map_err(CommandError::from)
+        }
+        Command::Pipelines { target, command } => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            runtime
+                .block_on(commands::pipelines::run(&target, &command, &mut stdout))
+                .map_err(CommandError::from)
         }
         Command::Run(args) => {
             drop(stdout);

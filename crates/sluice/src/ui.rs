@@ -6,6 +6,8 @@ use std::sync::Mutex;
 
 use indicatif::MultiProgress;
 
+use crate::cli::LogFormat;
+
 /// The progress bars currently drawn, if any.
 static BARS: Mutex<Option<MultiProgress>> = Mutex::new(None);
 
@@ -50,8 +52,9 @@ impl Write for StderrAboveBars {
     }
 }
 
-/// Sets up logging to stderr: `RUST_LOG` if set, else `level` (a level or a filter directive).
-pub fn init_logging(level: &str) -> Result<(), String> {
+/// Sets up logging to stderr: `RUST_LOG` if set, else `level` (a level or a filter directive);
+/// as text lines or, with [`LogFormat::Json`], one JSON object per line.
+pub fn init_logging(level: &str, format: LogFormat) -> Result<(), String> {
     use tracing_subscriber::EnvFilter;
     let filter = match std::env::var("RUST_LOG") {
         Ok(v) if !v.is_empty() => {
@@ -59,10 +62,18 @@ pub fn init_logging(level: &str) -> Result<(), String> {
         }
         _ => EnvFilter::try_new(level).map_err(|e| format!("--log-level {level:?}: {e}"))?,
     };
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(|| StderrAboveBars)
-        .with_ansi(std::io::IsTerminal::is_terminal(&io::stderr()))
-        .try_init()
-        .map_err(|e| e.to_string())
+        .with_writer(|| StderrAboveBars);
+    match format {
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .try_init()
+            .map_err(|e| e.to_string()),
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&io::stderr()))
+            .try_init()
+            .map_err(|e| e.to_string()),
+    }
 }

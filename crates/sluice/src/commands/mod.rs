@@ -1,8 +1,13 @@
-//! The subcommands: `run`, `validate`, `connectors`, `bench` and `serve`.
+//! The subcommands: `run`, `validate`, `connectors`, `bench`, `serve` and `flows`.
 
 pub mod bench;
+pub mod bench_connectors;
+pub mod bench_signaling;
 pub mod bench_state;
+pub mod bench_watch;
 pub mod connectors;
+pub mod flows;
+pub mod pipelines;
 pub mod run;
 pub mod serve;
 pub mod validate;
@@ -20,6 +25,9 @@ use crate::server::ServeError;
 /// Why a command failed. `main` prints it and exits non-zero.
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {
+    /// `sluice bench --watch` could not run to its end.
+    #[error("watch benchmark: {0}")]
+    WatchBench(String),
     /// The pipeline file could not be read or is invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
@@ -84,6 +92,12 @@ pub enum CommandError {
     /// Encoding JSON failed.
     #[error("cannot encode JSON: {0}")]
     Json(#[from] serde_json::Error),
+    /// `sluice bench --connectors` could not measure a scenario.
+    #[error("connector benchmark: {0}")]
+    ConnectorBench(#[from] bench_connectors::BenchError),
+    /// `sluice bench --signaling` could not measure the signaling API.
+    #[error("signaling benchmark: {0}")]
+    SignalingBench(#[from] bench_signaling::BenchError),
     /// `sluice bench --state` could not measure a backend.
     #[error("state benchmark: {0}")]
     StateBench(#[from] bench_state::BenchError),
@@ -102,6 +116,15 @@ pub enum CommandError {
         #[source]
         source: std::io::Error,
     },
+    /// `sluice flows` could not read the flows.
+    #[error(transparent)]
+    Flows(#[from] flows::FlowsError),
+    /// `sluice serve` could not start its declarative pipelines.
+    #[error(transparent)]
+    Declarative(#[from] crate::server::pipelines::DeclarativeError),
+    /// `sluice pipelines` could not talk to the server.
+    #[error(transparent)]
+    Pipelines(#[from] pipelines::PipelinesError),
     /// Stopped by a signal before it had started.
     #[error("interrupted while starting")]
     Interrupted,

@@ -8,6 +8,8 @@
 //! optional: with none, one embedded redb store named `statestore` is offered.
 
 mod model;
+mod pipelines;
+mod signaling;
 #[cfg(test)]
 mod tests;
 
@@ -24,6 +26,8 @@ use crate::interpolate::{interpolate, SourceMap};
 use crate::yaml_index::{YamlIndex, YamlPath};
 pub use model::BackendKind;
 use model::{HttpDoc, PatternDoc, RetryDoc, ServeDoc, StoreDoc};
+pub use pipelines::{PipelinesFile, DEFAULT_LEASE_TTL, DEFAULT_PREFIX};
+pub use signaling::{ControlPlaneFile, OutboxSettings, SignalingFile, DEFAULT_BASE_PATH};
 
 /// Where the API listens when neither the file nor `--listen` says: Dapr's customary HTTP port, on
 /// the loopback interface only, since the API has no authentication.
@@ -116,7 +120,7 @@ pub struct StoreFile {
 }
 
 /// A loaded configuration file, before command-line overrides and the data directory are applied.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct ServeFile {
     /// `listen`.
     pub listen: Option<String>,
@@ -130,6 +134,10 @@ pub struct ServeFile {
     pub max_value_bytes: Option<usize>,
     /// `http.maxBodyBytes`.
     pub max_body_bytes: Option<usize>,
+    /// `signaling`, checked, with defaults applied.
+    pub signaling: SignalingFile,
+    /// `pipelines`, checked, with defaults applied.
+    pub pipelines: PipelinesFile,
 }
 
 /// Limits of the HTTP API.
@@ -210,7 +218,7 @@ pub enum OwnState {
 }
 
 /// The configuration `sluice serve` runs with: file, command line and defaults combined.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ServeConfig {
     /// Address to listen on.
     pub listen: String,
@@ -222,6 +230,10 @@ pub struct ServeConfig {
     pub own_state: OwnState,
     /// HTTP limits.
     pub http: HttpLimits,
+    /// The Data Plane Signaling API.
+    pub signaling: SignalingFile,
+    /// Declarative pipelines.
+    pub pipelines: PipelinesFile,
 }
 
 impl ServeConfig {
@@ -289,6 +301,8 @@ impl ServeFile {
                 max_value_bytes: self.max_value_bytes.unwrap_or(defaults.max_value_bytes),
                 max_body_bytes: self.max_body_bytes.unwrap_or(defaults.max_body_bytes),
             },
+            signaling: self.signaling.clone(),
+            pipelines: self.pipelines.clone(),
         }
     }
 }
@@ -469,6 +483,8 @@ impl Checker {
             }
         }
         let (max_value_bytes, max_body_bytes) = self.http(doc.http);
+        let signaling = self.signaling(doc.signaling, &seen);
+        let pipelines = self.pipelines(doc.pipelines, &seen);
         ServeFile {
             listen,
             data_dir,
@@ -477,6 +493,8 @@ impl Checker {
             state_store: state_store.filter(|_| !seen.is_empty()),
             max_value_bytes,
             max_body_bytes,
+            signaling,
+            pipelines,
         }
     }
 

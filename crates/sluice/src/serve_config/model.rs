@@ -27,6 +27,12 @@ pub struct ServeDoc {
     /// Limits of the HTTP API.
     #[serde(default)]
     pub http: Option<HttpDoc>,
+    /// The Data Plane Signaling API and its data flows.
+    #[serde(default)]
+    pub signaling: Option<SignalingDoc>,
+    /// Declarative pipelines kept in a store.
+    #[serde(default)]
+    pub pipelines: Option<super::pipelines::PipelinesDoc>,
 }
 
 /// Which backend a store uses.
@@ -115,4 +121,69 @@ pub struct HttpDoc {
     /// Largest request body accepted, in bytes.
     #[serde(default)]
     pub max_body_bytes: Option<i64>,
+}
+
+/// The `signaling` section.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SignalingDoc {
+    /// Whether the DPS API is served at all.
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    /// Path prefix of the DPS routes (`/api/v1`).
+    #[serde(default)]
+    pub base_path: Option<String>,
+    /// Name of the store that holds data flows.
+    #[serde(default)]
+    pub store: Option<String>,
+    /// Control planes allowed to call, registered at start.
+    #[serde(default)]
+    pub control_planes: Option<Vec<ControlPlaneDoc>>,
+    /// Delivery of callbacks to control planes.
+    #[serde(default)]
+    pub outbox: Option<OutboxDoc>,
+    /// Datasets, destinations and the public data endpoint.
+    #[serde(default)]
+    pub transfers: Option<sluice_signaling::transfer::TransferConfig>,
+    /// Leases of flows shared by replicas (`ttl`, `claimInterval`, `claimBatch`).
+    #[serde(default)]
+    pub replicas: Option<sluice_signaling::lease::LeaseConfig>,
+}
+
+/// One entry of `signaling.controlPlanes`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ControlPlaneDoc {
+    /// Its id.
+    pub id: String,
+    /// Its base URL for callbacks.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// The bearer token it sends.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// The API key it sends (`X-Api-Key`).
+    #[serde(default)]
+    pub api_key: Option<String>,
+    /// What Sluice sends in `Authorization` on callbacks.
+    #[serde(default)]
+    pub callback_authorization: Option<String>,
+}
+
+/// The `signaling.outbox` section; durations as written (`100ms`, `30s`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct OutboxDoc {
+    /// How often the outbox is scanned when idle.
+    #[serde(default)]
+    pub poll_interval: Option<String>,
+    /// First retry delay.
+    #[serde(default)]
+    pub min_backoff: Option<String>,
+    /// Longest retry delay.
+    #[serde(default)]
+    pub max_backoff: Option<String>,
+    /// Timeout of one callback request.
+    #[serde(default)]
+    pub request_timeout: Option<String>,
 }

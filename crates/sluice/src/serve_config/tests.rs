@@ -346,3 +346,140 @@ fn secrets_come_from_the_environment() {
 fn one_document_only() {
     assert_error("listen: a:1\n---\nlisten: b:2\n", "2 YAML documents");
 }
+
+#[test]
+fn signaling_defaults_without_a_section() {
+    let f = load("listen: 127.0.0.1:1\n").expect("valid");
+    assert_eq!(f.signaling, SignalingFile::default());
+    assert!(f.signaling.enabled);
+    assert_eq!(f.signaling.base_path, DEFAULT_BASE_PATH);
+    assert_eq!(f.signaling.store, None);
+    assert!(f.signaling.control_planes.is_empty());
+}
+
+#[test]
+fn signaling_section_loads_every_key() {
+    let lookup = |name: &str| match name {
+        "CP_TOKEN" => Some("tok-1".to_string()),
+        "CP_KEY" => Some("key-2".to_string()),
+        _ => None,
+    };
+    let text = "\
+stores:
+  - name: flows
+    backend: memory
+signaling:
+  enabled: true
+  basePath: /dps/v1/
+  store: flows
+  controlPlanes:
+    - id: a
+      endpoint: http://127.0.0.1:9000/cb
+      token: ${CP_TOKEN}
+    - id: b
+      apiKey: ${CP_KEY}
+      callbackAuthorization: Key key-2
+  outbox:
+    pollInterval: 10ms
+    minBackoff: 20ms
+    maxBackoff: 2s
+    requestTimeout: 3s
+  transfers:
+    requireHttps: false
+    tokenTtl: 30s
+    datasets:
+      d1:
+        plugin: file
+        settings:
+          path: /tmp/in
+";
+    let f = parse("serve.yaml", text, lookup).expect("valid");
+    let s = &f.signaling;
+    assert_eq!(s.base_path, "/dps/v1");
+    assert_eq!(s.store.as_deref(), Some("flows"));
+    assert_eq!(s.control_planes.len(), 2);
+    let a = &s.control_planes[0];
+    assert_eq!(a.endpoint.as_deref(), Some("http://127.0.0.1:9000/cb"));
+    assert_eq!(a.callback_authorization.as_deref(), Some("Bearer tok-1"));
+    assert_eq!(a.credentials().collect::<Vec<_>>(), ["tok-1"]);
+    let b = &s.control_planes[1];
+    assert_eq!(b.credentials().collect::<Vec<_>>(), ["key-2"]);
+    assert_eq!(b.callback_authorization.as_deref(), Some("Key key-2"));
+    assert_eq!(s.outbox.poll_interval, Duration::from_millis(10));
+    assert_eq!(s.outbox.min_backoff, Duration::from_millis(20));
+    assert_eq!(s.outbox.max_backoff, Duration::from_secs(2));
+    assert_eq!(s.outbox.request_timeout, Duration::from_secs(3));
+    assert!(!s.transfers.require_https);
+    assert_eq!(s.transfers.token_ttl, Duration::from_secs(30));
+    assert_eq!(s.transfers.datasets["d1"].plugin, "file");
+    // Secrets never appear in debug output.
+    let debug = format!("{f:?}");
+    assert!(
+        !debug.contains("tok-1") && !debug.contains("key-2"),
+        "{debug}"
+    );
+    let resolved = f.resolve(None, PathBuf::from("/d"));
+    assert_eq!(resolved.signaling, f.signaling);
+}
+
+#[test]
+fn signaling_errors_name_line_and_column() {
+    let errs = errors(
+        "signaling:\n  basePath: api\n  store: nope\n  controlPlanes:\n    - id: a\n      \
+         endpoint: ftp://x\n    - id: a\n      token: t\n    - id: c\n      token: t\n  \
+         outbox:\n    minBackoff: 5s\n    maxBackoff: 1s\n",
+    );
+    let want = [
+        "serve.yaml:2:3: signaling.basePath: \"api\" must start with '/'",
+        "serve.yaml:3:3: signaling.store: no store named \"nope\"",
+        "serve.yaml:6:7: signaling.controlPlanes[0].endpoint: \"ftp://x\" is not a callback",
+        "serve.yaml:5:5: signaling.controlPlanes[0]: control plane \"a\" needs `token` or `apiKey`",
+        "serve.yaml:7:7: signaling.controlPlanes[1].id: duplicate control plane id \"a\"",
+        "serve.yaml:10:7: signaling.controlPlanes[2].token: the same credential is given twice",
+        "serve.yaml:13:5: signaling.outbox.maxBackoff: maxBackoff (1s) is shorter",
+    ];
+    for w in want {
+        assert!(errs.iter().any(|e| e.contains(w)), "no {w:?} in {errs:#?}");
+    }
+}
+
+#[test]
+fn signaling_rejects_unknown_keys_and_reserved_base_paths() {
+    assert_error(
+        "signaling:\n  controlPlanes:\n    - id: a\n      tokn: x\n",
+        "serve.yaml:4:7: signaling.controlPlanes[0]: unknown field `tokn`",
+    );
+    assert_error(
+        "signaling:\n  transfers:\n    tokenTTL: 1s\n",
+        "unknown field `tokenTTL`",
+    );
+    assert_error(
+        "signaling:\n  basePath: /metrics\n",
+        "would hide the server's own /metrics",
+    );
+    assert_error("signaling:\n  basePath: /a b\n", "is not a path");
+    let f = load("signaling:\n  basePath: /\n  enabled: false\n").expect("valid");
+    assert_eq!(f.signaling.base_path, "");
+    assert!(!f.signaling.enabled);
+}
+
+#[test]
+fn transfer_settings_are_checked_against_connector_specifications_at_their_line() {
+    let errs =
+        errors("signaling:\n  transfers:\n    datasets:\n      d1:\n        plugin: nosuch\n");
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("serve.yaml:5:9: signaling.transfers.datasets.d1.plugin")),
+        "{errs:#?}"
+    );
+    let errs = errors(
+        "signaling:\n  transfers:\n    destinations:\n      d1:\n        plugin: file\n        \
+         settings:\n          pth: /x\n",
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("serve.yaml:")
+                && e.contains("signaling.transfers.destinations.d1")),
+        "{errs:#?}"
+    );
+}

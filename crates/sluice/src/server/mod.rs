@@ -1,13 +1,21 @@
-//! The HTTP server of `sluice serve`: the named state stores behind Dapr's state HTTP API, a
-//! health check, and graceful shutdown (stop accepting, finish requests in flight).
+//! The HTTP server of `sluice serve`: the named state stores behind Dapr's state HTTP API, the
+//! Data Plane Signaling API and public data endpoint ([`signaling`]), operations endpoints
+//! ([`ops`], [`openapi`]), and graceful shutdown (stop accepting, finish requests in flight).
 //!
-//! [`serve`] opens the stores of a [`ServeConfig`] and answers on a listener until a shutdown
-//! future completes; [`router`] builds the routes alone, for callers that run their own server.
+//! [`serve`] opens the stores of a [`ServeConfig`] and answers the state API on a listener until a
+//! shutdown future completes; [`router`] builds the state routes alone, [`app`] every route.
 
 mod body;
 pub mod errors;
+pub mod flows_api;
+pub mod http_metrics;
+pub mod openapi;
+pub mod ops;
+pub mod pipelines;
+pub mod signaling;
 pub mod state_api;
 pub mod stores;
+pub mod watch_api;
 pub mod wire;
 
 use std::future::Future;
@@ -24,6 +32,8 @@ use tower_http::trace::TraceLayer;
 
 use crate::serve_config::{HttpLimits, ServeConfig};
 use errors::{ApiError, ERR_METHOD_NOT_ALLOWED, ERR_NOT_FOUND};
+use http_metrics::HttpMetrics;
+use signaling::Signaling;
 pub use stores::{NamedStore, OpenError, Stores};
 
 /// What every request handler shares.
@@ -44,6 +54,9 @@ pub enum ServeError {
     /// The listener failed.
     #[error("the HTTP server failed: {0}")]
     Io(#[from] std::io::Error),
+    /// Data Plane Signaling could not start.
+    #[error(transparent)]
+    Signaling(#[from] signaling::SignalingStartError),
 }
 
 /// Opens the stores of `config`, then answers requests on `listener` until `shutdown` completes;
@@ -80,23 +93,46 @@ where
     Ok(())
 }
 
-/// Every route: the state API, health checks and Dapr's metadata endpoint.
+/// Every route but signaling: the state API, Dapr's health and metadata endpoints, the
+/// operations endpoints and `/openapi.json`.
 pub fn router(stores: Arc<Stores>, limits: HttpLimits) -> Router {
-    let state = Arc::new(AppState { stores, limits });
-    Router::new()
-        .route("/healthz", get(|| async { (StatusCode::OK, "ok") }))
-        .route("/v1.0/healthz", get(|| async { StatusCode::NO_CONTENT }))
+    app(stores, limits, None, Arc::new(HttpMetrics::default()))
+}
+
+/// Every route of `sluice serve`: the state API, Dapr's health and metadata endpoints, the
+/// operations endpoints, `/openapi.json` and, with `signaling`, the DPS API and the public data
+/// endpoint. Requests are traced and counted in `http`.
+pub fn app(
+    stores: Arc<Stores>,
+    limits: HttpLimits,
+    signaling: Option<Arc<Signaling>>,
+    http: Arc<HttpMetrics>,
+) -> Router {
+    let document = Arc::new(openapi::document(signaling.as_ref().map(|s| s.base_path())));
+    let mut routes = state_routes(Arc::clone(&stores), limits)
+        .merge(watch_api::routes(Arc::clone(&stores)))
+        .merge(ops::routes(Arc::new(ops::Ops {
+            stores,
+            signaling: signaling.clone(),
+            http: Arc::clone(&http),
+        })))
         .route(
-            "/v1.0/healthz/outbound",
-            get(|| async { StatusCode::NO_CONTENT }),
-        )
-        .route("/v1.0/metadata", get(metadata))
-        .merge(state_api::routes())
+            "/openapi.json",
+            get(move || {
+                let document = Arc::clone(&document);
+                async move { Json(document.as_ref().clone()) }
+            }),
+        );
+    if let Some(s) = &signaling {
+        routes = routes.merge(s.routes());
+    }
+    routes
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
                 ERR_NOT_FOUND,
-                "no such route; the state API is under /v1.0/state/{store}",
+                "no such route; the state API is under /v1.0/state/{store}, every route is \
+                 listed at /openapi.json",
             )
         })
         .method_not_allowed_fallback(|| async {
@@ -106,7 +142,24 @@ pub fn router(stores: Arc<Stores>, limits: HttpLimits) -> Router {
                 "this route does not take that method",
             )
         })
+        .layer(axum::middleware::from_fn_with_state(
+            http,
+            http_metrics::track,
+        ))
         .layer(TraceLayer::new_for_http())
+}
+
+/// The state API and Dapr's health and metadata endpoints.
+fn state_routes(stores: Arc<Stores>, limits: HttpLimits) -> Router {
+    let state = Arc::new(AppState { stores, limits });
+    Router::new()
+        .route("/v1.0/healthz", get(|| async { StatusCode::NO_CONTENT }))
+        .route(
+            "/v1.0/healthz/outbound",
+            get(|| async { StatusCode::NO_CONTENT }),
+        )
+        .route("/v1.0/metadata", get(metadata))
+        .merge(state_api::routes())
         .with_state(state)
 }
 

@@ -271,6 +271,10 @@ impl Store for Shared {
     async fn query(&self, q: &Query) -> Result<QueryResponse, StateError> {
         self.0.query(q).await
     }
+
+    fn change_feed(&self) -> Option<Arc<dyn sluice_state::watch::ChangeFeed>> {
+        self.0.change_feed()
+    }
 }
 
 #[cfg(test)]

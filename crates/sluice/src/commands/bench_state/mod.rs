@@ -87,8 +87,8 @@ pub struct StateBenchArgs {
     #[arg(long, value_delimiter = ',', default_value = "1,32")]
     pub concurrency: Vec<usize>,
 
-    /// With --state: the PostgreSQL server (`postgres://user@host:port/db`); the backend is
-    /// skipped when it is unset.
+    /// With --state or --connectors: the PostgreSQL server (`postgres://user@host:port/db`);
+    /// with --state the backend is skipped when it is unset.
     #[arg(long, env = "SLUICE_POSTGRES_URL", value_name = "URL")]
     pub postgres_url: Option<String>,
 

@@ -1,0 +1,59 @@
+//! `sluice bench --signaling` for a fraction of a second on the in-memory store, so that the
+//! benchmark keeps working: the real DPS router is served over HTTP, the load generator completes
+//! start+terminate pairs at one and several connections, and no request fails.
+
+use std::time::Duration;
+
+use sluice::commands::bench_signaling::{run, Plan, StoreKind, Timing};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_rows_complete_pairs_without_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = Plan {
+        stores: vec![StoreKind::Memory],
+        concurrency: vec![1, 4],
+        timing: Timing {
+            warmup: Duration::from_millis(50),
+            measure: Duration::from_millis(300),
+        },
+        dir: dir.path().to_path_buf(),
+        postgres_url: None,
+    };
+    let mut progress = Vec::new();
+    let rows = run(&plan, &mut progress).await;
+    let text = String::from_utf8_lossy(&progress);
+    assert_eq!(rows.len(), 2, "{text}");
+    for row in &rows {
+        let outcome = row
+            .outcome
+            .as_ref()
+            .unwrap_or_else(|e| panic!("{} conn failed: {e}", row.concurrency));
+        assert!(outcome.pairs > 0, "no pairs completed: {text}");
+        assert_eq!(outcome.errors, 0, "{:?}: {text}", outcome.first_error);
+        assert_eq!(outcome.latency.len(), outcome.pairs);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redb_rows_complete_pairs_without_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = Plan {
+        stores: vec![StoreKind::Redb],
+        concurrency: vec![8],
+        timing: Timing {
+            warmup: Duration::from_millis(50),
+            measure: Duration::from_millis(300),
+        },
+        dir: dir.path().to_path_buf(),
+        postgres_url: None,
+    };
+    let rows = run(&plan, &mut Vec::new()).await;
+    let outcome = rows[0].outcome.as_ref().unwrap();
+    assert!(outcome.pairs > 0);
+    assert_eq!(outcome.errors, 0, "{:?}", outcome.first_error);
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "the redb file is removed"
+    );
+}
