@@ -133,7 +133,10 @@ impl PostgresDirect {
             client
                 .batch_execute(&format!(
                     "DROP TABLE IF EXISTS \"{table}\", \"{table}_migrations\"; \
-                     DROP SEQUENCE IF EXISTS \"{table}_version_seq\";"
+                     DROP SEQUENCE IF EXISTS \"{table}_version_seq\"; \
+                     DROP TABLE IF EXISTS \"{table}_changes\", \"{table}_watch\"; \
+                     DROP SEQUENCE IF EXISTS \"{table}_revision_seq\", \"{table}_change_seq\"; \
+                     DROP FUNCTION IF EXISTS \"{table}_record\"();"
                 ))
                 .await
                 .map_err(|e| failed(&format!("drop the table {table}"), e))?;
