@@ -108,7 +108,7 @@ fn micros(d: Duration) -> String {
 /// The target that applies to a row, and whether it is met.
 fn verdict(f: &BenchFigures) -> String {
     match (f.backend, f.watchers) {
-        ("memory" | "redb", 1) => {
+        ("memory", 1) => {
             let ok = f.events_per_sec_per_watcher >= TARGET_IN_PROCESS;
             format!("≥ 500,000/s: {}", if ok { "met" } else { "missed" })
         }
