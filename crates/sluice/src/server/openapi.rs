@@ -163,6 +163,20 @@ fn operations(base: Option<&str>) -> Vec<Op> {
         .answer("204", None)
         .answer("409", Some("DaprError")),
     );
+    ops.push(
+        op(
+            "get",
+            "/v1/watch/{store}",
+            "Watch a store as server-sent events: `?prefix=P` (repeatable), `fromRevision=R`, \
+             resume with `Last-Event-ID`; events resync, put, delete, compacted, each id its \
+             revision",
+            "watch",
+        )
+        .answer("200", None)
+        .answer("400", None)
+        .answer("404", None)
+        .answer("501", None),
+    );
     if let Some(base) = base {
         let dps = "signaling";
         let p = |s: &str| format!("{base}{s}");
@@ -526,6 +540,7 @@ mod tests {
             "src/server/ops.rs",
             "src/server/state_api.rs",
             "src/server/flows_api.rs",
+            "src/server/watch_api.rs",
         ]
         .iter()
         .map(|f| (root.join(f), ""))
