@@ -8,17 +8,13 @@
 #![cfg(feature = "redis")]
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use sluice_state::conformance::watch;
-use sluice_state::watch::{watch as start_watch, WatchEvent, WatchOptions};
-use sluice_state::{RedisOptions, RedisStore, SetRequest, Store};
+use sluice_state::{RedisOptions, RedisStore};
 
 const URL_VAR: &str = "SLUICE_TEST_REDIS_URL";
 /// Set in the child process: the key prefix to write under.
 const PEER_PREFIX_VAR: &str = "SLUICE_WATCH_PEER_PREFIX";
-/// Writes of the child process.
-const PEER_WRITES: usize = 500;
 
 fn url(test: &str) -> Option<String> {
     match std::env::var(URL_VAR) {
@@ -110,12 +106,7 @@ async fn peer_writer() {
     let store = RedisStore::connect(&url, options(&prefix))
         .await
         .expect("connect");
-    for i in 0..PEER_WRITES {
-        store
-            .set(SetRequest::new(format!("peer/{i:05}"), i.to_string()))
-            .await
-            .expect("set");
-    }
+    watch::peer_writes(&store).await;
 }
 
 /// One OS process writes, this one watches: every write arrives, in order, with no gaps.
@@ -124,57 +115,10 @@ async fn a_second_process_sees_every_write_in_order() {
     let Some((cleanup, store)) = fixture("a_second_process_sees_every_write_in_order").await else {
         return;
     };
-    let feed = store.change_feed().expect("feed");
-    let mut reg = start_watch(
-        feed,
-        "peer",
-        vec!["peer/".into()],
-        None,
-        WatchOptions::default(),
-    );
-    match reg.next().await.expect("resync") {
-        WatchEvent::Resync { entries, done, .. } => {
-            assert!(entries.is_empty());
-            done.ok();
-        }
-        other => panic!("want a resync first, got {other:?}"),
-    }
-    let exe = std::env::current_exe().expect("test binary");
-    let mut child = tokio::process::Command::new(exe)
-        .args([
-            "--exact",
-            "peer_writer",
-            "--nocapture",
-            "--test-threads",
-            "1",
-        ])
-        .env(PEER_PREFIX_VAR, &cleanup.prefix)
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn the writer process");
-    let mut last_revision = 0;
-    for i in 0..PEER_WRITES {
-        let event = tokio::time::timeout(Duration::from_secs(60), reg.next())
-            .await
-            .expect("an event within the hang guard")
-            .expect("registration open");
-        match event {
-            WatchEvent::Change {
-                key,
-                value,
-                revision,
-                done,
-                ..
-            } => {
-                done.ok();
-                assert_eq!(key, format!("peer/{i:05}"), "in order, no gaps");
-                assert_eq!(value.as_deref(), Some(i.to_string().as_bytes()));
-                assert!(revision > last_revision, "revisions increase");
-                last_revision = revision;
-            }
-            other => panic!("want change {i}, got {other:?}"),
-        }
-    }
-    let status = child.wait().await.expect("writer exit");
-    assert!(status.success(), "the writer process failed: {status}");
+    let writer = watch::peer_writer_command("peer_writer", (PEER_PREFIX_VAR, &cleanup.prefix));
+    watch::second_process_sees_every_write(Arc::new(store), move || {
+        let mut writer = writer;
+        writer.spawn().expect("spawn the writer process")
+    })
+    .await;
 }

@@ -917,3 +917,76 @@ impl Scenario {
         r.unwrap_or_else(|e| self.fail(&format!("watch: {e}")))
     }
 }
+
+/// How many keys the writer process of [`second_process_sees_every_write`] writes.
+pub const PEER_WRITES: usize = 500;
+
+/// The writer half of [`second_process_sees_every_write`], run in the other OS process.
+pub async fn peer_writes(store: &dyn Store) {
+    for i in 0..PEER_WRITES {
+        store
+            .set(SetRequest::new(format!("peer/{i:05}"), i.to_string()))
+            .await
+            .expect("set");
+    }
+}
+
+/// Two OS processes sharing a backend: once this one watches, `spawn_writer` starts the other,
+/// which runs [`peer_writes`]; every write arrives here in order, with no gaps.
+pub async fn second_process_sees_every_write(
+    store: Arc<dyn Store>,
+    spawn_writer: impl FnOnce() -> tokio::process::Child,
+) {
+    let feed = store.change_feed().expect("feed");
+    let mut reg = watch(
+        feed,
+        "peer",
+        vec!["peer/".into()],
+        None,
+        WatchOptions::default(),
+    );
+    match reg.next().await.expect("resync") {
+        WatchEvent::Resync { entries, done, .. } => {
+            assert!(entries.is_empty());
+            done.ok();
+        }
+        other => panic!("want a resync first, got {other:?}"),
+    }
+    let mut child = spawn_writer();
+    let mut last_revision = 0;
+    for i in 0..PEER_WRITES {
+        let event = tokio::time::timeout(Duration::from_secs(60), reg.next())
+            .await
+            .expect("an event within the hang guard")
+            .expect("registration open");
+        match event {
+            WatchEvent::Change {
+                key,
+                value,
+                revision,
+                done,
+                ..
+            } => {
+                done.ok();
+                assert_eq!(key, format!("peer/{i:05}"), "in order, no gaps");
+                assert_eq!(value.as_deref(), Some(i.to_string().as_bytes()));
+                assert!(revision > last_revision, "revisions increase");
+                last_revision = revision;
+            }
+            other => panic!("want change {i}, got {other:?}"),
+        }
+    }
+    let status = child.wait().await.expect("writer exit");
+    assert!(status.success(), "the writer process failed: {status}");
+}
+
+/// The command that re-runs this test binary as the writer of
+/// [`second_process_sees_every_write`]: only its `writer_test` runs, with `env` set.
+pub fn peer_writer_command(writer_test: &str, env: (&str, &str)) -> tokio::process::Command {
+    let exe = std::env::current_exe().expect("test binary");
+    let mut cmd = tokio::process::Command::new(exe);
+    cmd.args(["--exact", writer_test, "--nocapture", "--test-threads", "1"])
+        .env(env.0, env.1)
+        .kill_on_drop(true);
+    cmd
+}
