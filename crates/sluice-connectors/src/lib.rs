@@ -26,6 +26,8 @@ pub mod log;
     feature = "postgres"
 ))]
 mod backoff;
+#[cfg(any(feature = "nats", feature = "amqp", feature = "mqtt"))]
+mod body_format;
 
 #[cfg(feature = "amqp")]
 pub mod amqp;

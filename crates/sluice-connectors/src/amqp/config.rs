@@ -1,6 +1,5 @@
 //! Typed settings of the AMQP source and destination, checked against the specification.
 
-use std::str::FromStr;
 use std::time::Duration;
 
 use lapin::uri::AMQPUri;
@@ -9,38 +8,7 @@ use sluice_sdk::{Settings, ValidationErrors};
 
 use super::{destination_params, param, source_params, DEFAULT_PREFETCH};
 
-/// How records map to message bodies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Format {
-    /// The body is the record's `payload.after` bytes.
-    #[default]
-    Raw,
-    /// The body is the whole record as OpenCDC JSON.
-    OpenCdc,
-}
-
-impl Format {
-    /// The setting's text.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Format::Raw => "raw",
-            Format::OpenCdc => "opencdc",
-        }
-    }
-}
-
-impl FromStr for Format {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "raw" => Ok(Format::Raw),
-            "opencdc" => Ok(Format::OpenCdc),
-            other => Err(format!(
-                "unknown format {other:?} (expected raw or opencdc)"
-            )),
-        }
-    }
-}
+pub use crate::body_format::Format;
 
 /// Where the broker is and how to talk to it (both sides).
 #[derive(Debug, Clone, PartialEq)]

@@ -1,6 +1,5 @@
 //! Typed settings of the MQTT source and destination, checked against the specification.
 
-use std::str::FromStr;
 use std::time::Duration;
 
 use sluice_sdk::spec::{validate_settings, Config, Violation};
@@ -8,38 +7,7 @@ use sluice_sdk::{Settings, ValidationErrors};
 
 use super::{destination_params, param, source_params};
 
-/// How records map to MQTT payloads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Format {
-    /// The payload is the record's `payload.after` bytes.
-    #[default]
-    Raw,
-    /// The payload is the whole record as OpenCDC JSON.
-    OpenCdc,
-}
-
-impl Format {
-    /// The setting's text.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Format::Raw => "raw",
-            Format::OpenCdc => "opencdc",
-        }
-    }
-}
-
-impl FromStr for Format {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "raw" => Ok(Format::Raw),
-            "opencdc" => Ok(Format::OpenCdc),
-            other => Err(format!(
-                "unknown format {other:?} (expected raw or opencdc)"
-            )),
-        }
-    }
-}
+pub use crate::body_format::Format;
 
 /// The broker and the session (both sides).
 #[derive(Debug, Clone, PartialEq)]

@@ -13,37 +13,7 @@ use super::{
     PARAM_RETRY_WAIT, PARAM_STREAM, PARAM_SUBJECT, PARAM_URLS,
 };
 
-/// How a record maps to a message body.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    /// The body is the payload (`payload.after`); metadata travels as headers.
-    Raw,
-    /// The body is the whole record as OpenCDC JSON.
-    OpenCdc,
-}
-
-impl Format {
-    /// The setting's text.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Format::Raw => "raw",
-            Format::OpenCdc => "opencdc",
-        }
-    }
-}
-
-impl FromStr for Format {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "raw" => Ok(Format::Raw),
-            "opencdc" => Ok(Format::OpenCdc),
-            other => Err(format!(
-                "unknown format {other:?} (expected raw or opencdc)"
-            )),
-        }
-    }
-}
+pub use crate::body_format::Format;
 
 /// Where a newly created consumer starts reading.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
