@@ -420,13 +420,15 @@ async fn connection(
                 Ok(None) => continue,
                 Err(e) => return Ended::Fatal(e),
             };
+            // Recorded before the event is queued, so a reader never sees an event that
+            // `last_revision` does not yet cover.
+            if let Some(id) = &frame.id {
+                progress.set_last_id(id);
+            }
             if tx.send(Ok(event)).await.is_err() {
                 return Ended::Stop;
             }
             delivered = true;
-            if let Some(id) = &frame.id {
-                progress.set_last_id(id);
-            }
         }
     }
 }
