@@ -279,7 +279,7 @@ impl DataPlane {
         if let Some((existing, _)) = self.repo.by_process(process_id).await? {
             return replay(existing, message_id);
         }
-        let mut flow = make(uuid::Uuid::new_v4().to_string());
+        let mut flow = make(uuid::Uuid::now_v7().to_string());
         let out = Self::run_hook(hook, &flow).await?;
         let is_async = out.completion == Completion::Async;
         if is_async {
@@ -482,7 +482,7 @@ impl DataPlane {
             }
             return Ok(());
         };
-        let mut message = flow.status(uuid::Uuid::new_v4().to_string());
+        let mut message = flow.status(uuid::Uuid::now_v7().to_string());
         if let Some(to) = to {
             message.state = to;
         }

@@ -2,9 +2,11 @@
 //! (outbox entries, tokens) committed in the same transaction as the flow.
 //!
 //! On a durable store, concurrent transactions of different flows are committed together
-//! ([`group_commit`]): one fsync for many transitions, each acknowledged only once durable.
+//! ([`group_commit`]): one fsync for many transitions, each acknowledged only once durable. On a
+//! remote store, concurrent reads share one round trip ([`group_read`]).
 
 mod group_commit;
+mod group_read;
 
 use std::sync::Arc;
 
@@ -14,6 +16,7 @@ use sluice_state::{Concurrency, Page, SetRequest, StateError, Store, TxOperation
 use crate::error::SignalingError;
 use crate::flow::DataFlow;
 use group_commit::GroupCommit;
+use group_read::GroupRead;
 
 /// Where flows live in a store.
 #[derive(Clone)]
@@ -22,6 +25,8 @@ pub struct FlowRepository {
     /// Group commit of flow transactions, on durable stores only (a memory store commits in
     /// microseconds: queueing would only add latency).
     group: Option<Arc<GroupCommit>>,
+    /// Grouped reads, on remote stores only.
+    reads: Option<Arc<GroupRead>>,
 }
 
 /// What [`FlowRepository::create`] found.
@@ -48,11 +53,26 @@ fn process_key(process_id: &str) -> String {
 impl FlowRepository {
     /// Flows kept in `store`.
     pub fn new(store: Arc<dyn Store>) -> Self {
-        let group = store
-            .features()
+        let features = store.features();
+        let group = features
             .durable
             .then(|| Arc::new(GroupCommit::new(Arc::clone(&store))));
-        FlowRepository { store, group }
+        let reads = features
+            .remote
+            .then(|| Arc::new(GroupRead::new(Arc::clone(&store))));
+        FlowRepository {
+            store,
+            group,
+            reads,
+        }
+    }
+
+    /// Reads one key, grouped with concurrent reads on a remote store.
+    async fn read(&self, key: &str) -> Result<Option<sluice_state::Item>, StateError> {
+        match &self.reads {
+            Some(reads) => reads.get(key).await,
+            None => self.store.get(key).await,
+        }
     }
 
     /// Commits one transaction of flow writes, grouped with concurrent ones on a durable store.
@@ -105,7 +125,7 @@ impl FlowRepository {
 
     /// The flow with this id and its ETag.
     pub async fn get(&self, id: &str) -> Result<Option<(DataFlow, String)>, SignalingError> {
-        let Some(item) = self.store.get(&flow_key(id)).await? else {
+        let Some(item) = self.read(&flow_key(id)).await? else {
             return Ok(None);
         };
         Ok(Some((decode(id, &item.value)?, item.etag)))
@@ -116,7 +136,7 @@ impl FlowRepository {
         &self,
         process_id: &str,
     ) -> Result<Option<(DataFlow, String)>, SignalingError> {
-        let Some(item) = self.store.get(&process_key(process_id)).await? else {
+        let Some(item) = self.read(&process_key(process_id)).await? else {
             return Ok(None);
         };
         let id = String::from_utf8_lossy(&item.value).to_string();

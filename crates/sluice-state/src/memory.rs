@@ -18,7 +18,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, OnceLock};
+
+// parking_lot: spins briefly before parking, which suits the store's short critical sections.
+use parking_lot::{Mutex, MutexGuard};
 use std::time::{Instant, SystemTime};
 
 use async_trait::async_trait;
@@ -311,9 +314,9 @@ impl MemoryStore {
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        // A poisoned lock only means another thread panicked mid-operation; every operation
-        // leaves the map whole before it can panic.
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        // parking_lot locks are not poisoned; every operation leaves the map whole before it
+        // can panic.
+        self.inner.lock()
     }
 
     fn purge_expired(&self) -> usize {
@@ -423,6 +426,7 @@ impl Store for MemoryStore {
             query: true,
             delete_with_prefix: true,
             keys_like: true,
+            remote: false,
         }
     }
 

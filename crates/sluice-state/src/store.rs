@@ -176,6 +176,9 @@ pub struct Features {
     pub delete_with_prefix: bool,
     /// Key listing with a LIKE pattern (`KEYS_LIKE`).
     pub keys_like: bool,
+    /// Every call is a round trip to a server: callers gain by batching concurrent calls (e.g.
+    /// one [`Store::bulk_get`] for many waiting reads). Not one of Dapr's features.
+    pub remote: bool,
 }
 
 impl Features {

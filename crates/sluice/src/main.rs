@@ -12,6 +12,10 @@ use sluice::config::ConfigError;
 use sluice::serve_config::ServeConfigError;
 use sluice::ui;
 
+/// mimalloc: the HTTP, JSON and store paths make many small short-lived allocations.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Err(e) = ui::init_logging(&cli.log_level, cli.log_format) {

@@ -279,18 +279,35 @@ impl Transfers {
         Ok(HookOutput::done())
     }
 
+    /// Stops what a flow has running and revokes its access: its live pull streams and job, the
+    /// lease of a job (a job on another replica stops at its next heartbeat), and its tokens.
+    /// Only flows that run jobs have leases and only pull providers and push consumers have
+    /// tokens; the others skip those writes.
+    async fn stop_moving(self: &Arc<Self>, flow: &DataFlow) -> Result<HookOutput, HookError> {
+        self.cancel_streams(&flow.id);
+        self.jobs.stop(&flow.id).await;
+        let (runs_job, has_tokens) = match (flow.side, flow.mode) {
+            (Side::Provider, TransferMode::Pull) => (false, true),
+            (Side::Consumer, TransferMode::Push) => (true, true),
+            (Side::Provider, TransferMode::Push) | (Side::Consumer, TransferMode::Pull) => {
+                (true, false)
+            }
+        };
+        if runs_job {
+            self.forget_lease(&flow.id).await;
+        }
+        let mut out = HookOutput::done();
+        if has_tokens {
+            out.writes.push(Tokens::revoke(&flow.id));
+        }
+        Ok(out)
+    }
+
     pub(super) async fn on_suspend(
         self: &Arc<Self>,
         flow: DataFlow,
     ) -> Result<HookOutput, HookError> {
-        self.cancel_streams(&flow.id);
-        self.jobs.stop(&flow.id).await;
-        // A job on another replica stops at its next heartbeat.
-        self.forget_lease(&flow.id).await;
-        Ok(HookOutput {
-            writes: vec![Tokens::revoke(&flow.id)],
-            ..HookOutput::default()
-        })
+        self.stop_moving(&flow).await
     }
 
     pub(super) async fn on_resume(
@@ -333,14 +350,7 @@ impl Transfers {
         self: &Arc<Self>,
         flow: DataFlow,
     ) -> Result<HookOutput, HookError> {
-        self.cancel_streams(&flow.id);
-        self.jobs.stop(&flow.id).await;
-        // A job on another replica stops at its next heartbeat.
-        self.forget_lease(&flow.id).await;
-        Ok(HookOutput {
-            writes: vec![Tokens::revoke(&flow.id)],
-            ..HookOutput::default()
-        })
+        self.stop_moving(&flow).await
     }
 
     pub(super) async fn on_complete(

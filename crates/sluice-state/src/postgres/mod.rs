@@ -312,6 +312,7 @@ impl Store for PostgresStore {
             query: true,
             delete_with_prefix: true,
             keys_like: true,
+            remote: true,
         }
     }
 

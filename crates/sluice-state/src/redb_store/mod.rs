@@ -261,6 +261,7 @@ impl Store for RedbStore {
             query: true,
             delete_with_prefix: true,
             keys_like: true,
+            remote: false,
         }
     }
 

@@ -373,6 +373,7 @@ impl Store for RedisStore {
             query: false,
             delete_with_prefix: true,
             keys_like: true,
+            remote: true,
         }
     }
 

@@ -13,18 +13,23 @@ use axum::response::Response;
 /// Request counters.
 #[derive(Debug, Default)]
 pub struct HttpMetrics {
-    counts: Mutex<BTreeMap<(String, String, u16), u64>>,
+    /// method → route → status → count.
+    counts: Mutex<BTreeMap<String, BTreeMap<String, BTreeMap<u16, u64>>>>,
 }
 
 impl HttpMetrics {
     fn record(&self, method: &str, route: &str, status: u16) {
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        match counts.get_mut(&(method.to_string(), route.to_string(), status)) {
-            Some(n) => *n += 1,
-            None => {
-                counts.insert((method.to_string(), route.to_string(), status), 1);
-            }
-        }
+        // Looked up by `&str` first: no allocation once a route has been seen.
+        let routes = match counts.get_mut(method) {
+            Some(r) => r,
+            None => counts.entry(method.to_string()).or_default(),
+        };
+        let by_status = match routes.get_mut(route) {
+            Some(s) => s,
+            None => routes.entry(route.to_string()).or_default(),
+        };
+        *by_status.entry(status).or_insert(0) += 1;
     }
 
     /// The counters in the Prometheus text exposition format.
@@ -34,13 +39,17 @@ impl HttpMetrics {
             "# HELP sluice_http_requests_total HTTP requests answered, by method, route and \
              status.\n# TYPE sluice_http_requests_total counter\n",
         );
-        for ((method, route, status), n) in counts.iter() {
-            let _ = writeln!(
-                out,
-                "sluice_http_requests_total{{method=\"{}\",route=\"{}\",status=\"{status}\"}} {n}",
-                escape(method),
-                escape(route)
-            );
+        for (method, routes) in counts.iter() {
+            for (route, by_status) in routes {
+                for (status, n) in by_status {
+                    let _ = writeln!(
+                        out,
+                        "sluice_http_requests_total{{method=\"{}\",route=\"{}\",status=\"{status}\"}} {n}",
+                        escape(method),
+                        escape(route)
+                    );
+                }
+            }
         }
     }
 }
@@ -54,13 +63,14 @@ pub fn escape(v: &str) -> String {
 
 /// Middleware: counts every answered request.
 pub async fn track(State(metrics): State<Arc<HttpMetrics>>, req: Request, next: Next) -> Response {
-    let method = req.method().as_str().to_string();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("(unmatched)".to_string(), |p| p.as_str().to_string());
+    let method = req.method().clone();
+    let route = req.extensions().get::<MatchedPath>().cloned();
     let response = next.run(req).await;
-    metrics.record(&method, &route, response.status().as_u16());
+    metrics.record(
+        method.as_str(),
+        route.as_ref().map_or("(unmatched)", MatchedPath::as_str),
+        response.status().as_u16(),
+    );
     response
 }
 
