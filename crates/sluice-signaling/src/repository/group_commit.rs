@@ -7,6 +7,10 @@
 //! Every caller is answered only after that commit returned, so an acknowledged transition is as
 //! durable as with a commit of its own.
 //!
+//! On a remote store (PostgreSQL, Redis) a commit is mostly waiting on round trips, so up to
+//! [`REMOTE_IN_FLIGHT`] batches are committed at once, each on its own connection; an embedded
+//! store has one writer, so one batch at a time.
+//!
 //! Isolation is kept: a batch holds only transactions on disjoint keys (one that touches a key of
 //! an earlier waiting one waits for a later batch, in arrival order), so each transaction's checks
 //! (ETag, first-write) see the same state they would alone. When one transaction's check fails,
@@ -17,6 +21,8 @@
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, OnceLock};
 
+use futures::stream::{FuturesUnordered, StreamExt};
+
 use sluice_state::{StateError, Store, TxOperation};
 use tokio::sync::{mpsc, oneshot};
 
@@ -25,6 +31,9 @@ pub const MAX_BATCH: usize = 256;
 
 /// Transactions waiting for the committer.
 const QUEUE: usize = 1024;
+
+/// Batches committed at once on a remote store.
+pub const REMOTE_IN_FLIGHT: usize = 4;
 
 struct Request {
     ops: Vec<TxOperation>,
@@ -36,14 +45,27 @@ pub struct GroupCommit {
     store: Arc<dyn Store>,
     /// The committer's queue, started by the first commit (inside a runtime).
     queue: OnceLock<mpsc::Sender<Request>>,
+    /// Batches committed at once.
+    in_flight: usize,
 }
 
 impl GroupCommit {
-    /// Group commit on `store`.
+    /// Group commit on `store`: several batches at once on a remote store, else one.
     pub fn new(store: Arc<dyn Store>) -> Self {
+        let in_flight = if store.features().remote {
+            REMOTE_IN_FLIGHT
+        } else {
+            1
+        };
+        Self::with_in_flight(store, in_flight)
+    }
+
+    /// Group commit on `store` with up to `in_flight` batches committed at once.
+    pub fn with_in_flight(store: Arc<dyn Store>, in_flight: usize) -> Self {
         GroupCommit {
             store,
             queue: OnceLock::new(),
+            in_flight: in_flight.max(1),
         }
     }
 
@@ -52,7 +74,7 @@ impl GroupCommit {
     pub async fn multi(&self, ops: Vec<TxOperation>) -> Result<(), StateError> {
         let queue = self.queue.get_or_init(|| {
             let (tx, rx) = mpsc::channel(QUEUE);
-            tokio::spawn(committer(Arc::clone(&self.store), rx));
+            tokio::spawn(committer(Arc::clone(&self.store), rx, self.in_flight));
             tx
         });
         let (reply, answer) = oneshot::channel();
@@ -70,35 +92,73 @@ impl GroupCommit {
     }
 }
 
-/// Takes what is waiting, commits it in batches, until every sender is gone.
-async fn committer(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Request>) {
+/// Takes what is waiting and commits it in batches, up to `in_flight` batches at once on
+/// disjoint keys, until every sender is gone and everything taken is answered.
+async fn committer(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Request>, in_flight: usize) {
     let mut waiting: VecDeque<Request> = VecDeque::new();
+    let mut running = FuturesUnordered::new();
+    // Keys of the batches being committed: a transaction touching one waits for that batch.
+    let mut busy: HashSet<String> = HashSet::new();
+    let mut open = true;
     loop {
-        if waiting.is_empty() {
-            match rx.recv().await {
-                Some(r) => waiting.push_back(r),
-                None => return,
-            }
-        }
-        while waiting.len() < QUEUE {
+        while open && waiting.len() < QUEUE {
             match rx.try_recv() {
                 Ok(r) => waiting.push_back(r),
-                Err(_) => break,
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => open = false,
             }
         }
-        let batch = take_batch(&mut waiting);
-        commit(store.as_ref(), batch).await;
+        while running.len() < in_flight && !waiting.is_empty() {
+            let batch = take_batch(&mut waiting, &busy);
+            if batch.is_empty() {
+                break;
+            }
+            let keys: Vec<String> = batch
+                .iter()
+                .flat_map(|r| r.ops.iter().map(|op| op.key().to_string()))
+                .collect();
+            busy.extend(keys.iter().cloned());
+            let store = Arc::clone(&store);
+            running.push(async move {
+                let began = std::time::Instant::now();
+                let transactions = batch.len();
+                commit(store.as_ref(), batch).await;
+                tracing::trace!(
+                    transactions,
+                    micros = began.elapsed().as_micros() as u64,
+                    "group commit"
+                );
+                keys
+            });
+        }
+        if !open && waiting.is_empty() && running.is_empty() {
+            return;
+        }
+        tokio::select! {
+            Some(keys) = running.next(), if !running.is_empty() => {
+                for key in keys {
+                    busy.remove(&key);
+                }
+            }
+            r = rx.recv(), if open && waiting.len() < QUEUE => match r {
+                Some(r) => waiting.push_back(r),
+                None => open = false,
+            },
+        }
     }
 }
 
-/// Takes the waiting transactions that can commit together: disjoint keys, arrival order kept
-/// for transactions that share a key.
-fn take_batch(waiting: &mut VecDeque<Request>) -> Vec<Request> {
+/// Takes the waiting transactions that can commit together: disjoint keys, none of them `busy`
+/// (being committed), arrival order kept for transactions that share a key.
+fn take_batch(waiting: &mut VecDeque<Request>, busy: &HashSet<String>) -> Vec<Request> {
     let mut keys: HashSet<String> = HashSet::new();
     let mut batch = Vec::new();
     let mut later = VecDeque::new();
     for r in waiting.drain(..) {
-        let free = batch.len() < MAX_BATCH && r.ops.iter().all(|op| !keys.contains(op.key()));
+        let free = batch.len() < MAX_BATCH
+            && r.ops
+                .iter()
+                .all(|op| !keys.contains(op.key()) && !busy.contains(op.key()));
         // A deferred transaction's keys block later ones too, so that order is kept per key.
         keys.extend(r.ops.iter().map(|op| op.key().to_string()));
         if free {
@@ -235,6 +295,46 @@ mod tests {
         assert_eq!(won, 1, "exactly one first write of the key wins");
     }
 
+    #[tokio::test]
+    async fn batches_in_flight_together_never_share_a_key() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let group = Arc::new(GroupCommit::with_in_flight(Arc::clone(&store), 4));
+        let mut tasks = Vec::new();
+        for i in 0..200 {
+            let group = Arc::clone(&group);
+            tasks.push(tokio::spawn(async move {
+                // Half the transactions append to one of four shared keys (ETag-free
+                // read-modify-write would lose updates if two batches held the same key).
+                let key = if i % 2 == 0 {
+                    format!("shared-{}", (i / 2) % 4)
+                } else {
+                    format!("own-{i}")
+                };
+                group
+                    .multi(vec![TxOperation::Upsert(SetRequest::new(
+                        key,
+                        i.to_string(),
+                    ))])
+                    .await
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        for i in (1..200).step_by(2) {
+            assert!(store.get(&format!("own-{i}")).await.unwrap().is_some());
+        }
+        // Per key, the last transaction to arrive is the last written.
+        for k in 0..4 {
+            let last = (0..200)
+                .filter(|i| i % 2 == 0 && (i / 2) % 4 == k)
+                .max()
+                .unwrap();
+            let got = store.get(&format!("shared-{k}")).await.unwrap().unwrap();
+            assert_eq!(got.value, bytes::Bytes::from(last.to_string()));
+        }
+    }
+
     #[test]
     fn batches_keep_disjoint_keys_and_order() {
         let mk = |keys: &[&str]| {
@@ -252,7 +352,7 @@ mod tests {
             mk(&["d"]),
         ]
         .into();
-        let batch = take_batch(&mut waiting);
+        let batch = take_batch(&mut waiting, &HashSet::new());
         let keys = |r: &Request| {
             r.ops
                 .iter()

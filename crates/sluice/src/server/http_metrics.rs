@@ -10,11 +10,13 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 
-/// Request counters.
+/// Counts of one method: route → status → requests.
+type Routes = BTreeMap<String, BTreeMap<u16, u64>>;
+
+/// Request counters by method, route and status.
 #[derive(Debug, Default)]
 pub struct HttpMetrics {
-    /// method → route → status → count.
-    counts: Mutex<BTreeMap<String, BTreeMap<String, BTreeMap<u16, u64>>>>,
+    counts: Mutex<BTreeMap<String, Routes>>,
 }
 
 impl HttpMetrics {
