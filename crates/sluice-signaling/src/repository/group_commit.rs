@@ -33,7 +33,7 @@ pub const MAX_BATCH: usize = 256;
 const QUEUE: usize = 1024;
 
 /// Batches committed at once on a remote store.
-pub const REMOTE_IN_FLIGHT: usize = 4;
+pub const REMOTE_IN_FLIGHT: usize = 2;
 
 struct Request {
     ops: Vec<TxOperation>,

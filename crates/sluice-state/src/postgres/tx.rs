@@ -5,7 +5,8 @@
 //! 2. If any operation has a condition (an ETag, or first-write), the live rows of those keys
 //!    are read and locked (`FOR UPDATE`, in key order) and every condition is checked against
 //!    that pre-transaction state; the first that fails aborts.
-//! 3. The operations run in list order, pipelined. Locked rows cannot change under the
+//! 3. The operations run in list order, pipelined behind the lock in the same round trip (if a
+//!    check then fails, the transaction is rolled back with them). Locked rows cannot change under the
 //!    transaction. A key the check found absent (for a first-write) cannot be locked, so until
 //!    the transaction writes it, the operations on it run conditionally (an insert that yields
 //!    to a live row, a delete that reports whether it met one): a concurrent writer that created
@@ -69,6 +70,14 @@ fn mismatch(index: usize, key: &str) -> StateError {
     )
 }
 
+/// What one pipelined statement of the transaction answered.
+enum Answer {
+    /// The lock of the conditional keys: their live rows' versions.
+    Locked(Result<Vec<tokio_postgres::Row>, tokio_postgres::Error>),
+    /// One write.
+    Applied(Result<Applied, tokio_postgres::Error>),
+}
+
 /// Runs `ops` as one transaction (see the module documentation).
 pub(crate) async fn multi(inner: &Inner, ops: Vec<TxOperation>) -> Result<(), StateError> {
     if ops.is_empty() {
@@ -99,8 +108,6 @@ pub(crate) async fn multi(inner: &Inner, ops: Vec<TxOperation>) -> Result<(), St
         .filter(|op| op.expect() != Expect::Any)
         .map(Op::key)
         .collect();
-    // Keys found absent that some operation needs absent (first-writes).
-    let mut guarded: HashSet<&str> = HashSet::new();
     let mut kinds: Vec<Kind> = Vec::new();
     for op in &validated {
         kinds.extend(match op {
@@ -126,31 +133,16 @@ pub(crate) async fn multi(inner: &Inner, ops: Vec<TxOperation>) -> Result<(), St
         .transaction()
         .await
         .map_err(|e| target.pg(&what, &e))?;
-    if let Some(lock) = lock {
-        let rows = tx
-            .query(&lock, &[&conditional])
-            .await
-            .map_err(|e| target.pg(&what, &e))?;
-        let mut stored: HashMap<String, i64> = HashMap::with_capacity(rows.len());
-        for row in rows {
-            let key: String = row.try_get(0).map_err(|e| target.pg(&what, &e))?;
-            let version: i64 = row.try_get(1).map_err(|e| target.pg(&what, &e))?;
-            stored.insert(key, version);
-        }
-        for (index, op) in validated.iter().enumerate() {
-            let current = stored.get(op.key()).copied();
-            if !op.expect().holds(current) {
-                // Dropping the transaction rolls it back.
-                return Err(mismatch(index, op.key()));
-            }
-            if op.expect() == Expect::Absent {
-                guarded.insert(op.key());
-            }
-        }
-    }
 
-    // Until the transaction's own first write of a guarded key, a live row there can only be a
-    // concurrent writer's: those operations run conditionally.
+    // The writes are planned as if every check passes (when one fails, the transaction is
+    // rolled back whatever they did): a key that a first-write needs absent is written
+    // conditionally until the transaction's own first write of it, since a concurrent writer
+    // could create it meanwhile.
+    let guarded: HashSet<&str> = validated
+        .iter()
+        .filter(|op| op.expect() == Expect::Absent)
+        .map(Op::key)
+        .collect();
     let mut created: HashSet<&str> = HashSet::new();
     let steps: Vec<Step<'_>> = validated
         .iter()
@@ -167,12 +159,51 @@ pub(crate) async fn multi(inner: &Inner, ops: Vec<TxOperation>) -> Result<(), St
             }
         })
         .collect();
-    let results = pipeline::in_order(prepared.ops(tx.client(), &steps)?).await;
-    for (index, (step, result)) in steps.iter().zip(results).enumerate() {
-        match result {
-            Ok(Applied::Refused) => return Err(mismatch(index, step.key())),
-            Ok(Applied::Written(_) | Applied::Deleted) => {}
-            Err(e) => return Err(target.pg(&format!("{what}, operation {index}"), &e)),
+
+    // One round trip: the lock (`FOR UPDATE`, executed first, so no locked row changes before
+    // the writes) and every write, pipelined.
+    let mut pipelined: Vec<pipeline::Op<'_, Answer>> = Vec::with_capacity(steps.len() + 1);
+    if let Some(lock) = &lock {
+        let tx = &tx;
+        let conditional = &conditional;
+        pipelined.push(Box::pin(async move {
+            Answer::Locked(tx.query(lock, &[conditional]).await)
+        }));
+    }
+    for op in prepared.ops(tx.client(), &steps)? {
+        pipelined.push(Box::pin(async move { Answer::Applied(op.await) }));
+    }
+    let mut answers = pipeline::in_order(pipelined).await.into_iter();
+    if lock.is_some() {
+        let rows = match answers.next() {
+            Some(Answer::Locked(rows)) => rows.map_err(|e| target.pg(&what, &e))?,
+            _ => {
+                return Err(target.permanent(&what, "internal error: the lock's answer is missing"))
+            }
+        };
+        let mut stored: HashMap<String, i64> = HashMap::with_capacity(rows.len());
+        for row in rows {
+            let key: String = row.try_get(0).map_err(|e| target.pg(&what, &e))?;
+            let version: i64 = row.try_get(1).map_err(|e| target.pg(&what, &e))?;
+            stored.insert(key, version);
+        }
+        for (index, op) in validated.iter().enumerate() {
+            if !op.expect().holds(stored.get(op.key()).copied()) {
+                // Dropping the transaction rolls it back, writes included.
+                return Err(mismatch(index, op.key()));
+            }
+        }
+    }
+    for (index, (step, answer)) in steps.iter().zip(answers).enumerate() {
+        match answer {
+            Answer::Applied(Ok(Applied::Refused)) => return Err(mismatch(index, step.key())),
+            Answer::Applied(Ok(Applied::Written(_) | Applied::Deleted)) => {}
+            Answer::Applied(Err(e)) => {
+                return Err(target.pg(&format!("{what}, operation {index}"), &e))
+            }
+            Answer::Locked(_) => {
+                return Err(target.permanent(&what, "internal error: a write's answer is missing"))
+            }
         }
     }
     tx.commit()
