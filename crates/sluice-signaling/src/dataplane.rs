@@ -535,7 +535,12 @@ impl DataPlane {
     /// Records that an outbox entry was delivered: applies its transition and removes it, in one
     /// transaction. A transition that is no longer legal (the flow moved on) only removes it.
     pub async fn delivered(&self, key: &str, entry: &OutboxEntry) -> Result<(), SignalingError> {
-        let remove = [TxOperation::Delete(DeleteRequest::new(key))];
+        // The entry's delivery claim (see `crate::outbox`) goes with it, after it.
+        let claim = crate::outbox::claim_key(key);
+        let remove = [
+            TxOperation::Delete(DeleteRequest::new(key)),
+            TxOperation::Delete(DeleteRequest::new(claim.clone())),
+        ];
         if let Some(to) = entry.transition {
             match self.apply(&entry.flow_id, to, &remove).await {
                 Ok(()) => return Ok(()),
@@ -544,6 +549,11 @@ impl DataPlane {
             }
         }
         self.repo.store().delete(DeleteRequest::new(key)).await?;
+        // The entry is gone, so a replica claiming it now finds nothing to send; a claim left
+        // behind expires by itself.
+        if let Err(e) = self.repo.store().delete(DeleteRequest::new(claim)).await {
+            tracing::debug!(key = %key, error = %e, "cannot remove a delivered callback's claim");
+        }
         Ok(())
     }
 
