@@ -28,6 +28,14 @@ pub struct ConnectorRecord {
     pub settings: Settings,
 }
 
+fn position_key(pipeline: &str, connector: &str) -> String {
+    format!("sluice/pipelines/{pipeline}/connectors/{connector}/position")
+}
+
+fn connectors_key(pipeline: &str) -> String {
+    format!("sluice/pipelines/{pipeline}/connectors")
+}
+
 impl PipelineState {
     /// State of the pipeline `pipeline` in `store`.
     pub fn new(store: Arc<dyn Store>, pipeline: &str) -> Self {
@@ -38,14 +46,11 @@ impl PipelineState {
     }
 
     fn position_key(&self, connector: &str) -> String {
-        format!(
-            "sluice/pipelines/{}/connectors/{connector}/position",
-            self.pipeline
-        )
+        position_key(&self.pipeline, connector)
     }
 
     fn connectors_key(&self) -> String {
-        format!("sluice/pipelines/{}/connectors", self.pipeline)
+        connectors_key(&self.pipeline)
     }
 
     /// The checkpointed position of a source connector, if any.
@@ -89,6 +94,19 @@ impl PipelineState {
                 ),
             )
         })
+    }
+
+    /// The deletes that forget pipeline `pipeline`: the positions of `connectors` and the record
+    /// of its last run. For a pipeline that will never run again (its owner commits them together
+    /// with its own end, so nothing of it is left in the store).
+    pub fn removal(pipeline: &str, connectors: &[&str]) -> Vec<DeleteRequest> {
+        connectors
+            .iter()
+            .map(|c| DeleteRequest::new(position_key(pipeline, c)))
+            .chain(std::iter::once(DeleteRequest::new(connectors_key(
+                pipeline,
+            ))))
+            .collect()
     }
 
     /// Remembers the connectors of this run.

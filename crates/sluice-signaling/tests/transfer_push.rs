@@ -51,6 +51,14 @@ async fn provider_push_arrives_byte_identical_at_a_consumer_push_flow() {
     let body = callback(&received, "p-1", "completed").await;
     assert_eq!(body["state"], "COMPLETED");
     wait_state(&provider.dp, &started.data_flow_id, FlowState::Completed).await;
+    // The finished flow's checkpoint went with the transition: nothing of its job is left.
+    let pipeline = format!("sluice/pipelines/dps-{}/", started.data_flow_id);
+    let left = provider
+        .store
+        .keys(&format!("{pipeline}%"), Default::default())
+        .await
+        .unwrap();
+    assert!(left.keys.is_empty(), "left in the store: {:?}", left.keys);
     // Every POST was answered only once durable, so the file is complete now.
     let sent = std::fs::read(&input).unwrap();
     assert_eq!(std::fs::read(&output).unwrap(), sent, "byte-identical");

@@ -3,8 +3,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sluice_engine::{ConnectorConfig, DlqConfig, PipelineConfig, PipelineOptions};
+use sluice_engine::{
+    ConnectorConfig, DlqConfig, PipelineConfig, PipelineOptions, StoredPipelineState,
+};
 use sluice_sdk::Settings;
+use sluice_state::TxOperation;
 
 use super::address::{checked_endpoint, pull_address, push_address};
 use super::inbound::{BYTE_OFFSET, INBOUND_PLUGIN, POSITION_KIND_HEADER};
@@ -282,8 +285,13 @@ impl Transfers {
     /// Stops what a flow has running and revokes its access: its live pull streams and job, the
     /// lease of a job (a job on another replica stops at its next heartbeat), and its tokens.
     /// Only flows that run jobs have leases and only pull providers and push consumers have
-    /// tokens; the others skip those writes.
-    async fn stop_moving(self: &Arc<Self>, flow: &DataFlow) -> Result<HookOutput, HookError> {
+    /// tokens; the others skip those writes. When the flow `ends` (terminated, completed), its
+    /// job's checkpoint is deleted with the transition; a suspended flow keeps it to resume from.
+    async fn stop_moving(
+        self: &Arc<Self>,
+        flow: &DataFlow,
+        ends: bool,
+    ) -> Result<HookOutput, HookError> {
         self.cancel_streams(&flow.id);
         self.jobs.stop(&flow.id).await;
         let (runs_job, has_tokens) = match (flow.side, flow.mode) {
@@ -300,6 +308,13 @@ impl Transfers {
         if has_tokens {
             out.writes.push(Tokens::revoke(&flow.id));
         }
+        if runs_job && ends {
+            out.writes.extend(
+                StoredPipelineState::removal(&pipeline_id(&flow.id), &["source", "destination"])
+                    .into_iter()
+                    .map(TxOperation::Delete),
+            );
+        }
         Ok(out)
     }
 
@@ -307,7 +322,7 @@ impl Transfers {
         self: &Arc<Self>,
         flow: DataFlow,
     ) -> Result<HookOutput, HookError> {
-        self.stop_moving(&flow).await
+        self.stop_moving(&flow, false).await
     }
 
     pub(super) async fn on_resume(
@@ -350,7 +365,7 @@ impl Transfers {
         self: &Arc<Self>,
         flow: DataFlow,
     ) -> Result<HookOutput, HookError> {
-        self.stop_moving(&flow).await
+        self.stop_moving(&flow, true).await
     }
 
     pub(super) async fn on_complete(
