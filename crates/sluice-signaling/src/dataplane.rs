@@ -532,8 +532,9 @@ impl DataPlane {
         .map(|_| ())
     }
 
-    /// Records that an outbox entry was delivered: applies its transition and removes it, in one
-    /// transaction. A transition that is no longer legal (the flow moved on) only removes it.
+    /// Records that an outbox entry was delivered: applies its transition and removes it and its
+    /// delivery claim (see [`crate::outbox`]), in one transaction. A transition that is no longer
+    /// legal (the flow moved on) only removes them.
     pub async fn delivered(&self, key: &str, entry: &OutboxEntry) -> Result<(), SignalingError> {
         // The entry's delivery claim (see `crate::outbox`) goes with it, after it.
         let claim = crate::outbox::claim_key(key);

@@ -217,23 +217,20 @@ pub fn router(dataplane: DataPlane, base_path: &str, access: Access) -> Router {
         base_path: base.clone(),
         access: RwLock::new(access),
     });
-    let routes = Router::new()
-        .route("/dataflows/prepare", post(prepare))
-        .route("/dataflows/start", post(start))
-        .route("/dataflows/{id}/started", post(started))
-        .route("/dataflows/{id}/suspend", post(suspend))
-        .route("/dataflows/{id}/resume", post(resume))
-        .route("/dataflows/{id}/terminate", post(terminate))
-        .route("/dataflows/{id}/completed", post(completed))
-        .route("/dataflows/{id}/status", get(status))
-        .route("/controlplanes", put(register))
-        .route("/controlplanes/{id}", delete(unregister))
-        .with_state(api);
-    if base.is_empty() {
-        routes
-    } else {
-        Router::new().nest(&base, routes)
-    }
+    // Routes carry the base path themselves (no `nest`): one router lookup per request.
+    let at = |path: &str| format!("{base}{path}");
+    Router::new()
+        .route(&at("/dataflows/prepare"), post(prepare))
+        .route(&at("/dataflows/start"), post(start))
+        .route(&at("/dataflows/{id}/started"), post(started))
+        .route(&at("/dataflows/{id}/suspend"), post(suspend))
+        .route(&at("/dataflows/{id}/resume"), post(resume))
+        .route(&at("/dataflows/{id}/terminate"), post(terminate))
+        .route(&at("/dataflows/{id}/completed"), post(completed))
+        .route(&at("/dataflows/{id}/status"), get(status))
+        .route(&at("/controlplanes"), put(register))
+        .route(&at("/controlplanes/{id}"), delete(unregister))
+        .with_state(api)
 }
 
 fn created(api: &Api, status: StatusMessage, is_async: bool) -> Response {
