@@ -71,6 +71,28 @@ pub enum StateError {
 }
 
 impl StateError {
+    /// A copy of this failure, for each of several requests that one call failed together (a
+    /// batch, a bulk get); anything but a backend failure becomes one of `backend`, keeping
+    /// whether a retry may help.
+    pub fn replicate(&self, backend: &'static str) -> StateError {
+        match self {
+            StateError::Backend {
+                backend,
+                message,
+                transient,
+            } => StateError::Backend {
+                backend,
+                message: message.clone(),
+                transient: *transient,
+            },
+            other => StateError::Backend {
+                backend,
+                message: other.to_string(),
+                transient: other.is_transient(),
+            },
+        }
+    }
+
     /// The backend does not support an operation.
     pub fn unsupported(backend: &'static str, operation: &'static str) -> Self {
         StateError::Unsupported { backend, operation }

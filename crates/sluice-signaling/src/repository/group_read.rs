@@ -102,7 +102,7 @@ async fn read(store: &dyn Store, batch: &mut Vec<Request>) {
     for (r, at) in batch.drain(..).zip(positions) {
         let answer = match results.get(at) {
             Some(Ok(item)) => Ok(item.clone()),
-            Some(Err(e)) => Err(copy_error(e)),
+            Some(Err(e)) => Err(e.replicate("group read")),
             None => Err(StateError::Backend {
                 backend: "group read",
                 message: format!("bulk get answered {} of {} keys", results.len(), keys.len()),
@@ -110,26 +110,6 @@ async fn read(store: &dyn Store, batch: &mut Vec<Request>) {
             }),
         };
         let _ = r.reply.send(answer);
-    }
-}
-
-/// The same failure for another waiting read of the batch.
-fn copy_error(e: &StateError) -> StateError {
-    match e {
-        StateError::Backend {
-            backend,
-            message,
-            transient,
-        } => StateError::Backend {
-            backend,
-            message: message.clone(),
-            transient: *transient,
-        },
-        other => StateError::Backend {
-            backend: "group read",
-            message: other.to_string(),
-            transient: false,
-        },
     }
 }
 

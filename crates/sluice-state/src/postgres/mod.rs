@@ -254,26 +254,6 @@ fn item(row: &Row, first: usize) -> Result<Item, tokio_postgres::Error> {
     })
 }
 
-/// A copy of a batch-wide failure, for each request of the batch.
-fn replicate(e: &StateError) -> StateError {
-    match e {
-        StateError::Backend {
-            backend,
-            message,
-            transient,
-        } => StateError::Backend {
-            backend,
-            message: message.clone(),
-            transient: *transient,
-        },
-        other => StateError::Backend {
-            backend: BACKEND,
-            message: other.to_string(),
-            transient: other.is_transient(),
-        },
-    }
-}
-
 /// Fills the slots `indices` of `results` (requests on `keys`) from a batch's outcome, or with
 /// copies of its failure.
 fn settle<T>(
@@ -291,7 +271,7 @@ fn settle<T>(
         }
         Err(e) => {
             for &i in indices {
-                results[i] = Some(Err(replicate(&e)));
+                results[i] = Some(Err(e.replicate(BACKEND)));
             }
         }
     }
@@ -421,7 +401,7 @@ impl Store for PostgresStore {
                 if slot.is_none() {
                     *slot = Some(match &found {
                         Ok(found) => Ok(found.get(key).cloned()),
-                        Err(e) => Err(replicate(e)),
+                        Err(e) => Err(e.replicate(BACKEND)),
                     });
                 }
             }

@@ -28,22 +28,6 @@ pub(super) fn corrupt(path: &Path, key: &str, err: DecodeError) -> StateError {
     ))
 }
 
-/// A copy of a batch-wide failure, to report it for every request of the batch.
-pub(super) fn replicate(failure: &StateError) -> StateError {
-    match failure {
-        StateError::Backend {
-            backend,
-            message,
-            transient,
-        } => StateError::Backend {
-            backend,
-            message: message.clone(),
-            transient: *transient,
-        },
-        other => backend_error(other.to_string()),
-    }
-}
-
 /// Explains why the file at `path` could not be opened.
 pub(super) fn open_error(path: &Path, err: DatabaseError) -> StateError {
     let shown = path.display();

@@ -54,7 +54,7 @@ use crate::watch::{
     spawn_reaper, ChangeFeed, ChangesAfter, ExpirySweep, ReaperHandle, Retention, RevisionNotifier,
     Snapshot, DEFAULT_REAP_INTERVAL,
 };
-use errors::{backend_error, op_error, open_error, replicate, BACKEND};
+use errors::{backend_error, op_error, open_error, BACKEND};
 use tables::{CHANGES, DEADLINES, ITEMS, META};
 use writer::Writer;
 
@@ -314,7 +314,9 @@ impl Store for RedbStore {
             .await;
         match outcome {
             Ok(results) => results,
-            Err(failure) => (0..count).map(|_| Err(replicate(&failure))).collect(),
+            Err(failure) => (0..count)
+                .map(|_| Err(failure.replicate(BACKEND)))
+                .collect(),
         }
     }
 
@@ -330,7 +332,9 @@ impl Store for RedbStore {
             .await
         {
             Ok(results) => results,
-            Err(failure) => (0..count).map(|_| Err(replicate(&failure))).collect(),
+            Err(failure) => (0..count)
+                .map(|_| Err(failure.replicate(BACKEND)))
+                .collect(),
         }
     }
 
@@ -352,7 +356,9 @@ impl Store for RedbStore {
             .await;
         match outcome {
             Ok(results) => results,
-            Err(failure) => (0..count).map(|_| Err(replicate(&failure))).collect(),
+            Err(failure) => (0..count)
+                .map(|_| Err(failure.replicate(BACKEND)))
+                .collect(),
         }
     }
 

@@ -85,7 +85,7 @@ pub(super) fn bulk_get(
         Err(e) => {
             return keys
                 .iter()
-                .map(|_| Err(super::errors::replicate(&e)))
+                .map(|_| Err(e.replicate(super::errors::BACKEND)))
                 .collect()
         }
     };
