@@ -237,13 +237,18 @@ impl Deliverer {
         }
     }
 
-    /// Writes the claim at `claim` if nobody holds it: its ETag, or `None` if another replica
-    /// holds it.
+    /// Writes the claim at `claim` if nobody holds it: its ETag (empty when the store cannot
+    /// expire keys and nothing was claimed), or `None` if another replica holds it.
     async fn claim(
         &self,
         store: &Arc<dyn Store>,
         claim: &str,
     ) -> Result<Option<String>, StateError> {
+        if !store.features().ttl {
+            // A claim that cannot expire would strand the entry if this replica died; a store
+            // without TTL is not shared by replicas, so the entry is sent unclaimed.
+            return Ok(Some(String::new()));
+        }
         let req = SetRequest::new(claim, Bytes::from(self.owner.clone()))
             .with_concurrency(Concurrency::FirstWrite)
             .with_ttl(self.options.claim_ttl());
@@ -258,6 +263,10 @@ impl Deliverer {
 /// Removes our claim, unless it expired and another replica holds the key now (the ETag no longer
 /// matches). A claim that cannot be removed expires by itself.
 async fn release(store: &Arc<dyn Store>, claim: &str, etag: String) {
+    if etag.is_empty() {
+        // Sent unclaimed (see `Deliverer::claim`).
+        return;
+    }
     match store
         .delete(DeleteRequest::new(claim).with_etag(etag))
         .await

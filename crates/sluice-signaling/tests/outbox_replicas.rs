@@ -428,3 +428,79 @@ async fn an_entry_claimed_elsewhere_waits_for_the_claim_to_go() {
         assert!(keys(&store, CLAIM_PREFIX).await.is_empty(), "{backend}");
     }
 }
+
+/// A store that cannot expire keys (no TTL): the memory store with that feature hidden.
+struct NoTtl(MemoryStore);
+
+#[async_trait::async_trait]
+impl Store for NoTtl {
+    fn name(&self) -> &'static str {
+        "no-ttl"
+    }
+    fn features(&self) -> sluice_state::Features {
+        sluice_state::Features {
+            ttl: false,
+            ..self.0.features()
+        }
+    }
+    async fn get(&self, key: &str) -> Result<Option<sluice_state::Item>, sluice_state::StateError> {
+        self.0.get(key).await
+    }
+    async fn set(&self, req: SetRequest) -> Result<String, sluice_state::StateError> {
+        if req.ttl.is_some() {
+            return Err(sluice_state::StateError::unsupported("no-ttl", "ttl"));
+        }
+        self.0.set(req).await
+    }
+    async fn delete(&self, req: DeleteRequest) -> Result<(), sluice_state::StateError> {
+        self.0.delete(req).await
+    }
+    async fn multi(
+        &self,
+        ops: Vec<sluice_state::TxOperation>,
+    ) -> Result<(), sluice_state::StateError> {
+        self.0.multi(ops).await
+    }
+    async fn keys(
+        &self,
+        pattern: &str,
+        page: Page,
+    ) -> Result<sluice_state::KeyPage, sluice_state::StateError> {
+        self.0.keys(pattern, page).await
+    }
+}
+
+#[tokio::test]
+async fn a_store_without_ttl_sends_callbacks_unclaimed() {
+    let (cp, counts) = control_plane().await;
+    let store: Arc<dyn Store> = Arc::new(NoTtl(MemoryStore::new()));
+    let dp = async_dataplane(store.clone());
+    let ids: Vec<String> = {
+        let mut ids = Vec::new();
+        for i in 0..5 {
+            ids.push(prepared_later(&dp, &format!("nottl-{i}"), &cp).await);
+        }
+        ids
+    };
+    let stop = CancellationToken::new();
+    let replica = deliverer(dp.clone(), &stop);
+    wait_for("the outbox to drain", || {
+        let store = store.clone();
+        async move { keys(&store, OUTBOX_PREFIX).await.is_empty() }
+    })
+    .await;
+    stop.cancel();
+    let _ = replica.task.await;
+    for (i, id) in ids.iter().enumerate() {
+        assert_eq!(count(&counts, &format!("nottl-{i}"), "prepared"), 1);
+        assert_eq!(
+            dp.status(id).await.expect("status").state,
+            FlowState::Prepared
+        );
+    }
+    assert_eq!(replica.metrics.delivered.load(Ordering::Relaxed), 5);
+    assert!(
+        keys(&store, CLAIM_PREFIX).await.is_empty(),
+        "no claim is written"
+    );
+}
