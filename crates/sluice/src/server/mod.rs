@@ -115,6 +115,7 @@ pub fn app(
             stores,
             signaling: signaling.clone(),
             http: Arc::clone(&http),
+            flow_counts: ops::FlowCounts::default(),
         })))
         .route(
             "/openapi.json",

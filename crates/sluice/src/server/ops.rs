@@ -2,10 +2,11 @@
 //! and `/metrics` (Prometheus text exposition format: data flows by state, callbacks, transfers,
 //! HTTP requests).
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -35,7 +36,16 @@ pub struct Ops {
     pub signaling: Option<Arc<Signaling>>,
     /// Request counters.
     pub http: Arc<HttpMetrics>,
+    /// The last count of flows by state (see [`FLOW_COUNT_MAX_AGE`]).
+    pub flow_counts: FlowCounts,
 }
+
+/// How old a count of flows by state may be when `/metrics` is scraped. Counting reads every flow
+/// of the store, so a scraper polling often costs at most one count per this interval.
+pub const FLOW_COUNT_MAX_AGE: Duration = Duration::from_secs(10);
+
+/// The last count of flows by state and when it was taken; one count runs at a time.
+pub type FlowCounts = tokio::sync::Mutex<Option<(Instant, HashMap<FlowState, u64>)>>;
 
 /// `/healthz`, `/readyz` and `/metrics`.
 pub fn routes(ops: Arc<Ops>) -> Router {
@@ -78,6 +88,23 @@ async fn ready(State(ops): State<Arc<Ops>>) -> Response {
     (status, Json(body)).into_response()
 }
 
+/// The flows by state, counted again only when the last count is older than
+/// [`FLOW_COUNT_MAX_AGE`]; concurrent scrapes wait for one count.
+async fn recent_counts(
+    cache: &FlowCounts,
+    sig: &Signaling,
+) -> Result<HashMap<FlowState, u64>, sluice_signaling::SignalingError> {
+    let mut last = cache.lock().await;
+    if let Some((at, counts)) = last.as_ref() {
+        if at.elapsed() < FLOW_COUNT_MAX_AGE {
+            return Ok(counts.clone());
+        }
+    }
+    let counts = count_by_state(sig.dataplane()).await?;
+    *last = Some((Instant::now(), counts.clone()));
+    Ok(counts)
+}
+
 async fn metrics(State(ops): State<Arc<Ops>>) -> Response {
     let mut out = String::new();
     let _ = writeln!(
@@ -87,7 +114,7 @@ async fn metrics(State(ops): State<Arc<Ops>>) -> Response {
         escape(env!("CARGO_PKG_VERSION"))
     );
     if let Some(sig) = &ops.signaling {
-        match count_by_state(sig.dataplane()).await {
+        match recent_counts(&ops.flow_counts, sig).await {
             Ok(counts) => {
                 out.push_str(
                     "# HELP sluice_flows Data flows in the store, by state.\n\
