@@ -10,6 +10,7 @@ pub mod flows;
 pub mod pipelines;
 pub mod run;
 pub mod serve;
+mod signals;
 pub mod validate;
 
 use std::path::PathBuf;

@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 use sluice_engine::{Engine, EngineError, MetricsSnapshot, PipelineController};
 use sluice_sdk::Registry;
 use sluice_state::RedbStore;
-use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::task::JoinSet;
 
+use super::signals::Signals;
 use super::validate::load_and_check;
 use super::CommandError;
 use crate::cli::RunArgs;
@@ -211,45 +211,7 @@ async fn open_store(path: &Path) -> Result<RedbStore, CommandError> {
     }
 }
 
-/// SIGINT and SIGTERM listeners.
-struct Signals {
-    interrupt: Option<Signal>,
-    terminate: Option<Signal>,
-}
-
 impl Signals {
-    fn listen() -> Self {
-        let open = |kind: SignalKind, name: &str| match signal(kind) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                tracing::warn!("cannot listen for {name}: {e}");
-                None
-            }
-        };
-        Signals {
-            interrupt: open(SignalKind::interrupt(), "SIGINT"),
-            terminate: open(SignalKind::terminate(), "SIGTERM"),
-        }
-    }
-
-    /// Waits for the next signal; true for SIGINT, false for SIGTERM.
-    async fn next(&mut self) -> bool {
-        async fn recv(s: &mut Option<Signal>) {
-            match s {
-                Some(s) => {
-                    if s.recv().await.is_none() {
-                        std::future::pending::<()>().await;
-                    }
-                }
-                None => std::future::pending::<()>().await,
-            }
-        }
-        tokio::select! {
-            _ = recv(&mut self.interrupt) => true,
-            _ = recv(&mut self.terminate) => false,
-        }
-    }
-
     /// The first signal stops every pipeline gracefully; a later SIGINT (Ctrl-C pressed again)
     /// stops them at once. Repeated SIGTERMs, and a SIGINT within [`SIGNAL_DEBOUNCE`] of the first
     /// signal (one request delivered twice, as `timeout` or a process-group kill do), only repeat

@@ -13,11 +13,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
-use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::run::data_dir;
+use super::signals::Signals;
 use super::CommandError;
 use crate::cli::ServeArgs;
 use crate::serve_config::{self, ServeConfig, ServeFile};
@@ -232,46 +232,6 @@ pub async fn serve_with(
                 }
                 Some(_) => {}
             },
-        }
-    }
-}
-
-/// SIGINT and SIGTERM listeners.
-struct Signals {
-    interrupt: Option<Signal>,
-    terminate: Option<Signal>,
-}
-
-impl Signals {
-    fn listen() -> Self {
-        let open = |kind: SignalKind, name: &str| match signal(kind) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                tracing::warn!("cannot listen for {name}: {e}");
-                None
-            }
-        };
-        Signals {
-            interrupt: open(SignalKind::interrupt(), "SIGINT"),
-            terminate: open(SignalKind::terminate(), "SIGTERM"),
-        }
-    }
-
-    /// Waits for the next signal; true for SIGINT, false for SIGTERM.
-    async fn next(&mut self) -> bool {
-        async fn recv(s: &mut Option<Signal>) {
-            match s {
-                Some(s) => {
-                    if s.recv().await.is_none() {
-                        std::future::pending::<()>().await;
-                    }
-                }
-                None => std::future::pending::<()>().await,
-            }
-        }
-        tokio::select! {
-            _ = recv(&mut self.interrupt) => true,
-            _ = recv(&mut self.terminate) => false,
         }
     }
 }

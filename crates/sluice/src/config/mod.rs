@@ -142,26 +142,33 @@ pub fn load(path: &Path) -> Result<PipelineFile, ConfigError> {
     })
 }
 
+/// Replaces `${VAR}` in the text of `file`; each problem as a diagnostic at its line and column.
+pub(crate) fn interpolate_file(
+    file: &str,
+    text: &str,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<(String, SourceMap), Vec<Diagnostic>> {
+    interpolate(text, lookup).map_err(|errors| {
+        errors
+            .into_iter()
+            .map(|e| Diagnostic {
+                severity: Severity::Error,
+                file: file.to_string(),
+                position: Some((e.line, e.column)),
+                path: None,
+                message: e.message,
+            })
+            .collect()
+    })
+}
+
 /// Loads a pipeline file's text; `file` names it in messages, `lookup` gives variable values.
 pub fn parse(
     file: &str,
     text: &str,
     lookup: impl Fn(&str) -> Option<String>,
 ) -> Result<PipelineFile, ConfigError> {
-    let (text, map) = interpolate(text, lookup).map_err(|errors| {
-        ConfigError::Invalid(
-            errors
-                .into_iter()
-                .map(|e| Diagnostic {
-                    severity: Severity::Error,
-                    file: file.to_string(),
-                    position: Some((e.line, e.column)),
-                    path: None,
-                    message: e.message,
-                })
-                .collect(),
-        )
-    })?;
+    let (text, map) = interpolate_file(file, text, lookup).map_err(ConfigError::Invalid)?;
     let locator = Locator {
         file: file.to_string(),
         index: YamlIndex::build(&text),

@@ -21,8 +21,8 @@ use serde::Deserialize;
 use sluice_state::postgres::{PostgresOptions, MAX_TABLE_NAME_LEN};
 use sluice_state::{RedisOptions, RetryPattern, RetryPolicy};
 
-use crate::config::{Diagnostic, Severity};
-use crate::interpolate::{interpolate, SourceMap};
+use crate::config::{interpolate_file, Diagnostic, Severity};
+use crate::interpolate::SourceMap;
 use crate::yaml_index::{YamlIndex, YamlPath};
 pub use model::BackendKind;
 use model::{HttpDoc, PatternDoc, RetryDoc, ServeDoc, StoreDoc};
@@ -324,20 +324,7 @@ pub fn parse(
     text: &str,
     lookup: impl Fn(&str) -> Option<String>,
 ) -> Result<ServeFile, ServeConfigError> {
-    let (text, map) = interpolate(text, lookup).map_err(|errors| {
-        ServeConfigError::Invalid(
-            errors
-                .into_iter()
-                .map(|e| Diagnostic {
-                    severity: Severity::Error,
-                    file: file.to_string(),
-                    position: Some((e.line, e.column)),
-                    path: None,
-                    message: e.message,
-                })
-                .collect(),
-        )
-    })?;
+    let (text, map) = interpolate_file(file, text, lookup).map_err(ServeConfigError::Invalid)?;
     let mut checker = Checker {
         file: file.to_string(),
         index: YamlIndex::build(&text),
