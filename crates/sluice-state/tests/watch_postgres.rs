@@ -9,25 +9,17 @@
 
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::SystemTime;
 
-use sluice_state::conformance::watch;
 use sluice_state::{PostgresOptions, PostgresStore, SetRequest, Store};
+
+#[macro_use]
+mod watch_suite;
+use watch_suite::service_url;
 
 const URL_VAR: &str = "SLUICE_TEST_POSTGRES_URL";
 /// Set in the child process: the schema to write into.
 const PEER_SCHEMA_VAR: &str = "SLUICE_WATCH_PEER_SCHEMA";
-
-fn url(test: &str) -> Option<String> {
-    match std::env::var(URL_VAR) {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ => {
-            println!("skipping {test}: {URL_VAR} is not set");
-            None
-        }
-    }
-}
 
 /// A schema name no other run uses.
 fn unique_schema() -> String {
@@ -81,68 +73,28 @@ impl Drop for Cleanup {
 }
 
 async fn fixture(test: &str) -> Option<(Cleanup, PostgresStore)> {
-    let url = url(test)?;
+    let url = service_url(URL_VAR, test)?;
     let schema = unique_schema();
     let cleanup = Cleanup {
         url: url.clone(),
         schema: schema.clone(),
     };
-    let store = PostgresStore::connect(&url, options(&schema))
+    Some((cleanup, connect(&url, &schema).await))
+}
+
+/// The store over `schema`.
+async fn connect(url: &str, schema: &str) -> PostgresStore {
+    PostgresStore::connect(url, options(schema))
         .await
-        .expect("connect");
-    Some((cleanup, store))
+        .expect("connect")
 }
 
-macro_rules! scenario {
-    ($name:ident) => {
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $name() {
-            let Some((_cleanup, store)) = fixture(stringify!($name)).await else {
-                return;
-            };
-            watch::$name(Arc::new(store)).await;
-        }
-    };
-}
-
-scenario!(ordered_without_gaps);
-scenario!(resume_from_revision);
-scenario!(stalled_watcher);
-scenario!(done_timeout);
-scenario!(resync_after_compaction);
-scenario!(overlapping_prefixes);
-scenario!(prefix_changes_and_close);
-scenario!(delete_with_prefix);
-scenario!(ttl_expiry);
-scenario!(session_expiry);
-scenario!(aggregation);
-
-/// The writer half of [`a_second_process_sees_every_write_in_order`]: does nothing unless the
-/// parent started this binary with the schema to write under.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn peer_writer() {
-    let Ok(schema) = std::env::var(PEER_SCHEMA_VAR) else {
-        return;
-    };
-    let url = std::env::var(URL_VAR).expect("the parent passes the URL");
-    let store = PostgresStore::connect(&url, options(&schema))
-        .await
-        .expect("connect");
-    watch::peer_writes(&store).await;
-}
-
-/// One OS process writes, this one watches: every write arrives, in order, with no gaps.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_process_sees_every_write_in_order() {
-    let Some((cleanup, store)) = fixture("a_second_process_sees_every_write_in_order").await else {
-        return;
-    };
-    let writer = watch::peer_writer_command("peer_writer", (PEER_SCHEMA_VAR, &cleanup.schema));
-    watch::second_process_sees_every_write(Arc::new(store), move || {
-        let mut writer = writer;
-        writer.spawn().expect("spawn the writer process")
-    })
-    .await;
+watch_suite! {
+    fixture: fixture,
+    url_var: URL_VAR,
+    peer_var: PEER_SCHEMA_VAR,
+    peer_store: connect,
+    peer_name: schema,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
