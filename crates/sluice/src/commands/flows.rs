@@ -6,6 +6,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use serde_json::Value;
 
+use super::remote::{expect_success, RemoteError};
 use crate::serve_config::{DEFAULT_BASE_PATH, DEFAULT_LISTEN};
 
 /// How long one request may take.
@@ -56,24 +57,9 @@ pub enum FlowsCommand {
 /// Why a `sluice flows` command failed.
 #[derive(Debug, thiserror::Error)]
 pub enum FlowsError {
-    /// The server could not be reached or answered garbage.
-    #[error("cannot talk to {url}: {message}")]
-    Http {
-        /// The URL.
-        url: String,
-        /// What went wrong.
-        message: String,
-    },
-    /// The server answered with an error.
-    #[error("{url} answered {status}: {message}")]
-    Status {
-        /// The URL.
-        url: String,
-        /// The HTTP status.
-        status: u16,
-        /// The server's message.
-        message: String,
-    },
+    /// A request to the server failed.
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
     /// Writing output failed.
     #[error("cannot write output: {0}")]
     Output(#[from] std::io::Error),
@@ -117,10 +103,7 @@ impl Client {
         let http = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
             .build()
-            .map_err(|e| FlowsError::Http {
-                url: args.server.clone(),
-                message: e.to_string(),
-            })?;
+            .map_err(|e| RemoteError::http(&args.server, e))?;
         let base = format!(
             "{}/{}",
             args.server.trim_end_matches('/'),
@@ -147,31 +130,11 @@ impl Client {
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
         }
-        let http_err = |e: reqwest::Error| FlowsError::Http {
-            url: url.to_string(),
-            message: e.to_string(),
-        };
-        let resp = req.send().await.map_err(http_err)?;
-        let status = resp.status();
-        let body = resp.bytes().await.map_err(http_err)?;
-        let value: Option<Value> = serde_json::from_slice(&body).ok();
-        if !status.is_success() {
-            let message = value
-                .as_ref()
-                .and_then(|v| v.get("message"))
-                .and_then(Value::as_str)
-                .map(str::to_string)
-                .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
-            return Err(FlowsError::Status {
-                url: url.to_string(),
-                status: status.as_u16(),
-                message,
-            });
-        }
-        value.ok_or_else(|| FlowsError::Http {
-            url: url.to_string(),
-            message: "the answer is not JSON (is this a sluice server?)".into(),
-        })
+        let resp = expect_success(url, req.send().await).await?;
+        let body = resp.bytes().await.map_err(|e| RemoteError::http(url, e))?;
+        Ok(serde_json::from_slice(&body).map_err(|_| {
+            RemoteError::http(url, "the answer is not JSON (is this a sluice server?)")
+        })?)
     }
 
     /// Every flow (following pages), optionally in one state.

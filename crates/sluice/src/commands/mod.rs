@@ -8,6 +8,7 @@ pub mod bench_watch;
 pub mod connectors;
 pub mod flows;
 pub mod pipelines;
+pub mod remote;
 pub mod run;
 pub mod serve;
 mod signals;

@@ -12,6 +12,7 @@ use futures::StreamExt;
 use serde_json::json;
 use sluice_sdk::watch_client::SseParser;
 
+use super::remote::{expect_success, RemoteError};
 use crate::serve_config::{DEFAULT_LISTEN, DEFAULT_PREFIX, DEFAULT_STORE};
 use crate::server::pipelines::{decode_value, LEASE_PREFIX};
 
@@ -72,24 +73,9 @@ pub enum PipelinesError {
     /// No name was given and none can be made from the file name.
     #[error("cannot make a definition name from {}; pass --name", .0.display())]
     NoName(PathBuf),
-    /// The server could not be reached or answered garbage.
-    #[error("cannot talk to {url}: {message}")]
-    Http {
-        /// The URL.
-        url: String,
-        /// What went wrong.
-        message: String,
-    },
-    /// The server answered with an error.
-    #[error("{url} answered {status}: {message}")]
-    Status {
-        /// The URL.
-        url: String,
-        /// The HTTP status.
-        status: u16,
-        /// The server's message.
-        message: String,
-    },
+    /// A request to the server failed.
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
     /// Writing output failed.
     #[error("cannot write output: {0}")]
     Output(#[from] std::io::Error),
@@ -104,10 +90,7 @@ pub async fn run(
     let http = reqwest::Client::builder()
         .connect_timeout(REQUEST_TIMEOUT)
         .build()
-        .map_err(|e| PipelinesError::Http {
-            url: target.server.clone(),
-            message: e.to_string(),
-        })?;
+        .map_err(|e| RemoteError::http(&target.server, e))?;
     let base = target.server.trim_end_matches('/');
     match command {
         PipelinesCommand::Apply { file, name } => {
@@ -163,27 +146,6 @@ fn default_name(file: &Path) -> Result<String, PipelinesError> {
         .ok_or_else(|| PipelinesError::NoName(file.to_path_buf()))
 }
 
-/// A 2xx answer, or the error it stands for.
-async fn expect_success(
-    url: &str,
-    sent: Result<reqwest::Response, reqwest::Error>,
-) -> Result<reqwest::Response, PipelinesError> {
-    let response = sent.map_err(|e| PipelinesError::Http {
-        url: url.to_string(),
-        message: e.to_string(),
-    })?;
-    let status = response.status();
-    if status.is_success() {
-        return Ok(response);
-    }
-    let message = response.text().await.unwrap_or_default();
-    Err(PipelinesError::Status {
-        url: url.to_string(),
-        status: status.as_u16(),
-        message,
-    })
-}
-
 /// Definitions (name, size in bytes) and lease holders (name, replica), read from the first
 /// event (the resync) of the watch endpoint.
 async fn list(
@@ -191,22 +153,14 @@ async fn list(
     base: &str,
     target: &TargetArgs,
 ) -> Result<(Vec<(String, usize)>, Vec<(String, String)>), PipelinesError> {
-    let mut url =
-        reqwest::Url::parse(&format!("{base}/v1/watch/{}", target.store)).map_err(|e| {
-            PipelinesError::Http {
-                url: base.to_string(),
-                message: e.to_string(),
-            }
-        })?;
+    let mut url = reqwest::Url::parse(&format!("{base}/v1/watch/{}", target.store))
+        .map_err(|e| RemoteError::http(base, e))?;
     url.query_pairs_mut()
         .append_pair("prefix", &target.prefix)
         .append_pair("prefix", LEASE_PREFIX);
     let shown = url.to_string();
     let response = expect_success(&shown, http.get(url).send().await).await?;
-    let bad = |message: String| PipelinesError::Http {
-        url: shown.clone(),
-        message,
-    };
+    let bad = |message: String| PipelinesError::from(RemoteError::http(&shown, message));
     let mut body = response.bytes_stream();
     let mut parser = SseParser::default();
     let read = async {
