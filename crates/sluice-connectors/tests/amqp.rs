@@ -9,7 +9,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,19 +25,19 @@ use sluice_sdk::acceptance::{
     destination_acceptance, source_acceptance, DestinationFixture, Expected, SourceCapabilities,
     SourceFixture, Written,
 };
-use sluice_sdk::spec::validate_settings;
 use sluice_sdk::{Data, Destination, Plugin, Position, Record, Settings, Source};
 use tokio::time::{sleep, Instant};
 
+mod support;
+use support::{bodies, payload, read_until_seen, settings, unique};
+
 /// The broker's URL, or `None` (with the reason printed) when the tests must skip.
 fn amqp_url(test: &str) -> Option<String> {
-    match std::env::var("SLUICE_TEST_AMQP_URL") {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ => {
-            eprintln!("skipping {test}: SLUICE_TEST_AMQP_URL is not set");
-            None
-        }
-    }
+    support::service_url(
+        "SLUICE_TEST_AMQP_URL",
+        test,
+        "amqp://guest:guest@127.0.0.1:5672/%2f",
+    )
 }
 
 /// Tests take this lock shared; the broker-restart test takes it exclusively, so stopping the
@@ -46,27 +45,6 @@ fn amqp_url(test: &str) -> Option<String> {
 fn broker_lock() -> &'static tokio::sync::RwLock<()> {
     static LOCK: std::sync::OnceLock<tokio::sync::RwLock<()>> = std::sync::OnceLock::new();
     LOCK.get_or_init(|| tokio::sync::RwLock::new(()))
-}
-
-/// A queue name no other test or run uses.
-fn unique(prefix: &str) -> String {
-    static N: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!(
-        "sluice-test-{prefix}-{}-{}-{nanos}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-fn settings(pairs: &[(&str, &str)]) -> Settings {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
 }
 
 /// A direct lapin connection for preparing and inspecting queues.
@@ -185,34 +163,12 @@ impl Admin {
     }
 }
 
-fn bodies(prefix: &str, range: std::ops::Range<usize>) -> Vec<Bytes> {
-    range
-        .map(|i| Bytes::from(format!("{prefix} message {i}")))
-        .collect()
-}
-
-fn payload(r: &Record) -> Bytes {
-    r.payload.after.as_ref().expect("payload.after").to_bytes()
-}
-
 async fn source(pairs: &[(&str, &str)], position: Option<&Position>) -> Box<dyn Source> {
-    let spec = AmqpPlugin::new().specification();
-    let resolved = validate_settings(&spec.source_params, &settings(pairs)).expect("valid");
-    let mut src = AmqpPlugin::new().new_source().expect("source side");
-    src.configure(&resolved).await.expect("configure");
-    src.open(position).await.expect("open");
-    src
+    support::validated_source(&AmqpPlugin::new(), pairs, position).await
 }
 
 async fn destination(pairs: &[(&str, &str)]) -> Box<dyn Destination> {
-    let spec = AmqpPlugin::new().specification();
-    let resolved = validate_settings(&spec.destination_params, &settings(pairs)).expect("valid");
-    let mut dst = AmqpPlugin::new()
-        .new_destination()
-        .expect("destination side");
-    dst.configure(&resolved).await.expect("configure");
-    dst.open().await.expect("open");
-    dst
+    support::validated_destination(&AmqpPlugin::new(), pairs).await
 }
 
 struct SourceFx {
@@ -269,13 +225,7 @@ impl SourceFixture for SourceFx {
     }
 
     fn capabilities(&self) -> SourceCapabilities {
-        SourceCapabilities {
-            live: true,
-            snapshot: false,
-            end_of_stream: false,
-            resume: true,
-            self_producing: false,
-        }
+        support::LIVE_AND_RESUMABLE
     }
 }
 
@@ -357,17 +307,7 @@ impl DestinationFixture for DestinationFx {
 
     async fn written(&mut self) -> Written {
         let bodies = self.admin.drain(&self.queue).await;
-        let records = bodies
-            .into_iter()
-            .map(|b| {
-                if self.format == "opencdc" {
-                    sluice_sdk::opencdc::from_json(&b).expect("an OpenCDC body")
-                } else {
-                    Record::new(Position::default(), Data::Raw(b))
-                }
-            })
-            .collect();
-        Written::Records(records)
+        Written::Records(support::read_back(bodies, self.format))
     }
 }
 
@@ -510,14 +450,7 @@ async fn unroutable_messages_are_nacked_with_the_reason() {
         ("queue.declare", "false"),
     ])
     .await;
-    let records: Vec<Record> = (0..3)
-        .map(|i| {
-            Record::new(
-                Position::from_u64(i),
-                Data::from(format!("r{i}").into_bytes()),
-            )
-        })
-        .collect();
+    let records = support::records(3);
     dst.write(&records).await.expect("write");
     let acks = dst.ack().await.expect("ack");
     assert_eq!(acks.count, 3);
@@ -553,34 +486,6 @@ async fn unroutable_messages_are_nacked_with_the_reason() {
         vec![Bytes::from("r0"), Bytes::from("r1")]
     );
     admin.cleanup().await;
-}
-
-/// Reads until `want` distinct payloads have been seen (duplicates allowed), acking everything
-/// read; returns every record read.
-async fn read_until_seen(
-    src: &mut dyn Source,
-    want: &BTreeSet<Bytes>,
-    limit: Duration,
-) -> Vec<Record> {
-    let deadline = Instant::now() + limit;
-    let mut seen = BTreeSet::new();
-    let mut all = Vec::new();
-    while !want.is_subset(&seen) {
-        assert!(
-            Instant::now() < deadline,
-            "only {} of {} messages arrived within {limit:?}",
-            want.intersection(&seen).count(),
-            want.len()
-        );
-        let batch = src.read(100).await.expect("read");
-        let positions: Vec<Position> = batch.records.iter().map(|r| r.position.clone()).collect();
-        for r in &batch.records {
-            seen.insert(payload(r));
-        }
-        all.extend(batch.records);
-        src.ack(&positions).await.expect("ack");
-    }
-    all
 }
 
 /// Closes every broker connection whose client properties (its connection name) contain `needle`.

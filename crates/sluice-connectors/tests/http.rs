@@ -27,12 +27,8 @@ use sluice_sdk::{Data, Destination, Plugin, Position, Record, Settings, Source};
 use tokio::sync::mpsc;
 use tokio::time::{sleep, Instant};
 
-fn settings(pairs: &[(&str, &str)]) -> Settings {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
+mod support;
+use support::{records, settings};
 
 /// Serves `router` on a free port of 127.0.0.1; returns its address.
 async fn serve(router: Router) -> SocketAddr {
@@ -64,23 +60,7 @@ async fn configured_source(pairs: &[(&str, &str)]) -> HttpSource {
 }
 
 async fn destination(pairs: &[(&str, &str)]) -> Box<dyn Destination> {
-    let spec = HttpPlugin.specification();
-    let resolved = validate_settings(&spec.destination_params, &settings(pairs)).expect("valid");
-    let mut dst = HttpPlugin.new_destination().expect("destination side");
-    dst.configure(&resolved).await.expect("configure");
-    dst.open().await.expect("open");
-    dst
-}
-
-fn records(n: usize) -> Vec<Record> {
-    (0..n)
-        .map(|i| {
-            Record::new(
-                Position::from_u64(i as u64),
-                Data::from(format!("r{i}").into_bytes()),
-            )
-        })
-        .collect()
+    support::validated_destination(&HttpPlugin, pairs).await
 }
 
 // ---- poll ------------------------------------------------------------------------------------
@@ -167,13 +147,7 @@ impl SourceFixture for PollFx {
     }
 
     fn capabilities(&self) -> SourceCapabilities {
-        SourceCapabilities {
-            live: true,
-            snapshot: false,
-            end_of_stream: false,
-            resume: true,
-            self_producing: false,
-        }
+        support::LIVE_AND_RESUMABLE
     }
 }
 

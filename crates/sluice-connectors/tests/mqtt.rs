@@ -10,7 +10,6 @@
 use std::collections::BTreeSet;
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,39 +23,15 @@ use sluice_sdk::acceptance::{
     destination_acceptance, source_acceptance, DestinationFixture, Expected, SourceCapabilities,
     SourceFixture, Written,
 };
-use sluice_sdk::spec::validate_settings;
 use sluice_sdk::{Data, Destination, Plugin, Position, Record, Settings, Source};
 use tokio::time::{sleep, timeout, Instant};
 
+mod support;
+use support::{bodies, payload, read_until_seen, settings, unique};
+
+/// The broker's URL, or `None` (with the reason printed) when the tests must skip.
 fn mqtt_url(test: &str) -> Option<String> {
-    match std::env::var("SLUICE_TEST_MQTT_URL") {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ => {
-            eprintln!("skipping {test}: SLUICE_TEST_MQTT_URL is not set");
-            None
-        }
-    }
-}
-
-/// A name no other test or run uses.
-fn unique(prefix: &str) -> String {
-    static N: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!(
-        "sluice-test-{prefix}-{}-{}-{nanos}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-fn settings(pairs: &[(&str, &str)]) -> Settings {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+    support::service_url("SLUICE_TEST_MQTT_URL", test, "mqtt://127.0.0.1:1883")
 }
 
 /// Host and port of an `mqtt://host:port` URL.
@@ -185,32 +160,12 @@ async fn drain_session(url: &str, client_id: &str, quiet: Duration) -> Vec<Bytes
     out
 }
 
-fn bodies(prefix: &str, range: std::ops::Range<usize>) -> Vec<Bytes> {
-    range
-        .map(|i| Bytes::from(format!("{prefix} message {i}")))
-        .collect()
-}
-
-fn payload(r: &Record) -> Bytes {
-    r.payload.after.as_ref().expect("payload.after").to_bytes()
-}
-
 async fn source(pairs: &[(&str, &str)], position: Option<&Position>) -> Box<dyn Source> {
-    let spec = MqttPlugin.specification();
-    let resolved = validate_settings(&spec.source_params, &settings(pairs)).expect("valid");
-    let mut src = MqttPlugin.new_source().expect("source side");
-    src.configure(&resolved).await.expect("configure");
-    src.open(position).await.expect("open");
-    src
+    support::validated_source(&MqttPlugin, pairs, position).await
 }
 
 async fn destination(pairs: &[(&str, &str)]) -> Box<dyn Destination> {
-    let spec = MqttPlugin.specification();
-    let resolved = validate_settings(&spec.destination_params, &settings(pairs)).expect("valid");
-    let mut dst = MqttPlugin.new_destination().expect("destination side");
-    dst.configure(&resolved).await.expect("configure");
-    dst.open().await.expect("open");
-    dst
+    support::validated_destination(&MqttPlugin, pairs).await
 }
 
 /// Client ids whose sessions a test must remove at the end.
@@ -289,13 +244,7 @@ impl SourceFixture for SourceFx {
     }
 
     fn capabilities(&self) -> SourceCapabilities {
-        SourceCapabilities {
-            live: true,
-            snapshot: false,
-            end_of_stream: false,
-            resume: true,
-            self_producing: false,
-        }
+        support::LIVE_AND_RESUMABLE
     }
 }
 
@@ -378,17 +327,7 @@ impl DestinationFixture for DestinationFx {
 
     async fn written(&mut self) -> Written {
         let bodies = drain_session(&self.url, &self.reader, Duration::from_millis(500)).await;
-        let records = bodies
-            .into_iter()
-            .map(|b| {
-                if self.format == "opencdc" {
-                    sluice_sdk::opencdc::from_json(&b).expect("an OpenCDC payload")
-                } else {
-                    Record::new(Position::default(), Data::Raw(b))
-                }
-            })
-            .collect();
-        Written::Records(records)
+        Written::Records(support::read_back(bodies, self.format))
     }
 }
 
@@ -444,34 +383,6 @@ async fn unreachable_broker_is_retried_then_named() {
     let err = dst.open().await.expect_err("nothing listens on port 1");
     assert!(err.to_string().contains("setting `url`"), "{err}");
     dst.teardown().await.expect("teardown");
-}
-
-/// Reads until `want` distinct payloads have been seen (duplicates allowed), acking everything;
-/// returns every record read.
-async fn read_until_seen(
-    src: &mut dyn Source,
-    want: &BTreeSet<Bytes>,
-    limit: Duration,
-) -> Vec<Record> {
-    let deadline = Instant::now() + limit;
-    let mut seen = BTreeSet::new();
-    let mut all = Vec::new();
-    while !want.is_subset(&seen) {
-        assert!(
-            Instant::now() < deadline,
-            "only {} of {} messages arrived within {limit:?}",
-            want.intersection(&seen).count(),
-            want.len()
-        );
-        let batch = src.read(100).await.expect("read");
-        let positions: Vec<Position> = batch.records.iter().map(|r| r.position.clone()).collect();
-        for r in &batch.records {
-            seen.insert(payload(r));
-        }
-        all.extend(batch.records);
-        src.ack(&positions).await.expect("ack");
-    }
-    all
 }
 
 /// A private Mosquitto on a free port with persistence in a temporary directory: tests stop and

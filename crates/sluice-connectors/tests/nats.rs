@@ -19,20 +19,19 @@ use sluice_sdk::acceptance::{
     destination_acceptance, source_acceptance, DestinationFixture, Expected, SourceCapabilities,
     SourceFixture, Written,
 };
-use sluice_sdk::{ConnectorError, Data, Operation, Plugin, Position, Record, Settings, Source};
+use sluice_sdk::{ConnectorError, Data, Operation, Plugin, Position, Record, Settings};
 
-fn nats_url() -> Option<String> {
+mod support;
+use support::{open_source, raw_payload, read_n, settings};
+
+/// The server's URL, or `None` (with the reason printed) when `test` must skip; also sets up
+/// logging to the test's output.
+fn nats_url(test: &str) -> Option<String> {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
-    match std::env::var("SLUICE_TEST_NATS_URL") {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ => {
-            eprintln!("skipped: SLUICE_TEST_NATS_URL is not set (e.g. nats://127.0.0.1:4222)");
-            None
-        }
-    }
+    support::service_url("SLUICE_TEST_NATS_URL", test, "nats://127.0.0.1:4222")
 }
 
 /// A name no other test run uses: `prefix_<pid>_<nanos>_<counter>`.
@@ -47,13 +46,6 @@ fn unique(prefix: &str) -> String {
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::Relaxed)
     )
-}
-
-fn settings(pairs: &[(&str, &str)]) -> Settings {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
 }
 
 async fn jetstream_context(url: &str) -> jetstream::Context {
@@ -108,36 +100,6 @@ async fn publish(js: &jetstream::Context, subject: &str, payload: Bytes) {
         .expect("publish ack");
 }
 
-async fn open_source(settings: &Settings, position: Option<&Position>) -> Box<dyn Source> {
-    let mut src = NatsPlugin.new_source().expect("source side");
-    src.configure(settings).await.expect("configure");
-    src.open(position).await.expect("open");
-    src
-}
-
-/// Reads until `n` records arrived (or fails after `deadline`).
-async fn read_n(src: &mut dyn Source, n: usize, deadline: Duration) -> Vec<Record> {
-    let until = tokio::time::Instant::now() + deadline;
-    let mut out = Vec::new();
-    while out.len() < n {
-        assert!(
-            tokio::time::Instant::now() < until,
-            "only {} of {n} records arrived within {deadline:?}",
-            out.len()
-        );
-        out.extend(src.read(n - out.len()).await.expect("read").records);
-    }
-    out
-}
-
-fn payload(r: &Record) -> Vec<u8> {
-    r.payload
-        .after
-        .as_ref()
-        .map(|d| d.to_bytes().to_vec())
-        .unwrap_or_default()
-}
-
 // ---------------------------------------------------------------------------------------------
 // The acceptance kit.
 
@@ -184,11 +146,7 @@ impl SourceFixture for SourceFx {
             ("stream", "S"),
             ("durable", "d"),
         ];
-        let with = |k: &'static str, v: &'static str| {
-            let mut s = settings(&base);
-            s.insert(k.to_string(), v.to_string());
-            (s, k)
-        };
+        let with = support::with_setting(&base);
         vec![
             with("deliverPolicy", "sometimes"),
             with("bufferSize", "0"),
@@ -201,19 +159,15 @@ impl SourceFixture for SourceFx {
     }
 
     fn capabilities(&self) -> SourceCapabilities {
-        SourceCapabilities {
-            live: true,
-            snapshot: false,
-            end_of_stream: false,
-            resume: true,
-            self_producing: false,
-        }
+        support::LIVE_AND_RESUMABLE
     }
 }
 
 #[tokio::test]
 async fn source_passes_the_acceptance_kit() {
-    let Some(url) = nats_url() else { return };
+    let Some(url) = nats_url("source_passes_the_acceptance_kit") else {
+        return;
+    };
     let js = jetstream_context(&url).await;
     let streams = Streams::default();
     let fx = SourceFx {
@@ -264,11 +218,7 @@ impl DestinationFixture for DestinationFx {
 
     fn invalid_settings(&self) -> Vec<(Settings, &'static str)> {
         let base = [("urls", self.url.as_str()), ("subject", "x")];
-        let with = |k: &'static str, v: &'static str| {
-            let mut s = settings(&base);
-            s.insert(k.to_string(), v.to_string());
-            (s, k)
-        };
+        let with = support::with_setting(&base);
         vec![
             with("subject", "wild.*"),
             with("format", "xml"),
@@ -300,7 +250,9 @@ async fn stored(js: &jetstream::Context, stream: &str, format: &str) -> Vec<Reco
 
 #[tokio::test]
 async fn destination_passes_the_acceptance_kit() {
-    let Some(url) = nats_url() else { return };
+    let Some(url) = nats_url("destination_passes_the_acceptance_kit") else {
+        return;
+    };
     let js = jetstream_context(&url).await;
     let streams = Streams::default();
     for format in ["opencdc", "raw"] {
@@ -322,7 +274,9 @@ async fn destination_passes_the_acceptance_kit() {
 
 #[tokio::test]
 async fn opencdc_records_round_trip_through_a_stream() {
-    let Some(url) = nats_url() else { return };
+    let Some(url) = nats_url("opencdc_records_round_trip_through_a_stream") else {
+        return;
+    };
     let js = jetstream_context(&url).await;
     let streams = Streams::default();
     let name = unique("SLUICE_RT");
@@ -359,7 +313,7 @@ async fn opencdc_records_round_trip_through_a_stream() {
         ("durable", &unique("rt")),
         ("format", "opencdc"),
     ]);
-    let mut src = open_source(&src_settings, None).await;
+    let mut src = open_source(&NatsPlugin, &src_settings, None).await;
     let read = read_n(src.as_mut(), 3, Duration::from_secs(10)).await;
     for (got, want) in read.iter().zip(&originals) {
         assert_eq!(got.operation, want.operation);
@@ -383,7 +337,9 @@ async fn opencdc_records_round_trip_through_a_stream() {
 
 #[tokio::test]
 async fn raw_messages_carry_subject_headers_and_msg_id_key() {
-    let Some(url) = nats_url() else { return };
+    let Some(url) = nats_url("raw_messages_carry_subject_headers_and_msg_id_key") else {
+        return;
+    };
     let js = jetstream_context(&url).await;
     let streams = Streams::default();
     let name = unique("SLUICE_HDR");
@@ -398,6 +354,7 @@ async fn raw_messages_carry_subject_headers_and_msg_id_key() {
         .await
         .expect("ack");
     let mut src = open_source(
+        &NatsPlugin,
         &settings(&[
             ("urls", &url),
             ("stream", &name),
@@ -423,7 +380,10 @@ async fn raw_messages_carry_subject_headers_and_msg_id_key() {
 
 #[tokio::test]
 async fn unacknowledged_records_come_back_and_acknowledged_ones_do_not() {
-    let Some(url) = nats_url() else { return };
+    let Some(url) = nats_url("unacknowledged_records_come_back_and_acknowledged_ones_do_not")
+    else {
+        return;
+    };
     let js = jetstream_context(&url).await;
     let streams = Streams::default();
     let name = unique("SLUICE_REDO");
@@ -439,16 +399,16 @@ async fn unacknowledged_records_come_back_and_acknowledged_ones_do_not() {
         ("bufferSize", "4"),
     ]);
     // First run: read 12, ack 5, then a hard stop (teardown without stop).
-    let mut first = open_source(&s, None).await;
+    let mut first = open_source(&NatsPlugin, &s, None).await;
     let head = read_n(first.as_mut(), 12, Duration::from_secs(10)).await;
     let acked: Vec<Position> = head[..5].iter().map(|r| r.position.clone()).collect();
     first.ack(&acked).await.expect("ack");
     first.teardown().await.expect("teardown");
 
     // Second run resumes at the fifth: records 6..20 arrive, each once, none of the first five.
-    let mut second = open_source(&s, Some(&acked[4])).await;
+    let mut second = open_source(&NatsPlugin, &s, Some(&acked[4])).await;
     let rest = read_n(second.as_mut(), 15, Duration::from_secs(10)).await;
-    let got: BTreeSet<Vec<u8>> = rest.iter().map(payload).collect();
+    let got: BTreeSet<Vec<u8>> = rest.iter().map(raw_payload).collect();
     let want: BTreeSet<Vec<u8>> = (5..20).map(|i| format!("m{i}").into_bytes()).collect();
     assert_eq!(got, want);
     let more = second.read(10).await.expect("read");
@@ -461,7 +421,10 @@ async fn unacknowledged_records_come_back_and_acknowledged_ones_do_not() {
 async fn a_processed_but_unacknowledged_checkpoint_is_not_delivered_again() {
     // The engine saved position 8, then died before the source acked 1..=8 on the server: the
     // server redelivers them, and resuming at 8 skips them.
-    let Some(url) = nats_url() else { return };
+    let Some(url) = nats_url("a_processed_but_unacknowledged_checkpoint_is_not_delivered_again")
+    else {
+        return;
+    };
     let js = jetstream_context(&url).await;
     let streams = Streams::default();
     let name = unique("SLUICE_CKPT");
@@ -475,7 +438,7 @@ async fn a_processed_but_unacknowledged_checkpoint_is_not_delivered_again() {
         ("stream", &name),
         ("durable", &unique("ckpt")),
     ]);
-    let mut first = open_source(&s, None).await;
+    let mut first = open_source(&NatsPlugin, &s, None).await;
     let head = read_n(first.as_mut(), 8, Duration::from_secs(10)).await;
     let checkpoint = head[7].position.clone();
     assert_eq!(
@@ -486,10 +449,10 @@ async fn a_processed_but_unacknowledged_checkpoint_is_not_delivered_again() {
     // Teardown hands the unacknowledged messages back at once, as a crash would after ackWait.
     first.teardown().await.expect("teardown");
 
-    let mut second = open_source(&s, Some(&checkpoint)).await;
+    let mut second = open_source(&NatsPlugin, &s, Some(&checkpoint)).await;
     let rest = read_n(second.as_mut(), 2, Duration::from_secs(10)).await;
     assert_eq!(
-        rest.iter().map(payload).collect::<Vec<_>>(),
+        rest.iter().map(raw_payload).collect::<Vec<_>>(),
         vec![b"m8".to_vec(), b"m9".to_vec()]
     );
     let more = second.read(10).await.expect("read");
@@ -500,7 +463,9 @@ async fn a_processed_but_unacknowledged_checkpoint_is_not_delivered_again() {
 
 #[tokio::test]
 async fn publishes_no_stream_captures_are_nacked_after_retries() {
-    let Some(url) = nats_url() else { return };
+    let Some(url) = nats_url("publishes_no_stream_captures_are_nacked_after_retries") else {
+        return;
+    };
     let mut dst = NatsPlugin.new_destination().expect("destination");
     dst.configure(&settings(&[
         ("urls", &url),
@@ -549,7 +514,9 @@ async fn a_server_that_is_down_at_open_fails_naming_the_setting() {
 
 #[tokio::test]
 async fn a_missing_stream_or_consumer_is_an_error_naming_the_setting() {
-    let Some(url) = nats_url() else { return };
+    let Some(url) = nats_url("a_missing_stream_or_consumer_is_an_error_naming_the_setting") else {
+        return;
+    };
     let mut src = NatsPlugin.new_source().expect("source");
     src.configure(&settings(&[
         ("urls", &url),
@@ -656,7 +623,9 @@ async fn wait_for_port(port: u16) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_restart_mid_stream_loses_nothing() {
-    let Some(url) = nats_url() else { return };
+    let Some(url) = nats_url("broker_restart_mid_stream_loses_nothing") else {
+        return;
+    };
     if !restart_allowed() {
         return;
     }
@@ -703,7 +672,7 @@ async fn broker_restart_mid_stream_loses_nothing() {
         ("ackWait", "2s"),
         ("bufferSize", "64"),
     ]);
-    let mut src = open_source(&s, None).await;
+    let mut src = open_source(&NatsPlugin, &s, None).await;
     let mut seen = BTreeSet::new();
     let mut restarted = false;
     let mut resumed = false;
@@ -718,7 +687,7 @@ async fn broker_restart_mid_stream_loses_nothing() {
         let batch = src.read(100).await.expect("read");
         let positions: Vec<Position> = batch.records.iter().map(|r| r.position.clone()).collect();
         for r in &batch.records {
-            seen.insert(payload(r));
+            seen.insert(raw_payload(r));
         }
         if !positions.is_empty() {
             src.ack(&positions).await.expect("ack");
@@ -735,7 +704,7 @@ async fn broker_restart_mid_stream_loses_nothing() {
             // A pipeline restart too: a new source resumes at the last acked position.
             resumed = true;
             src.teardown().await.expect("teardown");
-            src = open_source(&s, last_acked.as_ref()).await;
+            src = open_source(&NatsPlugin, &s, last_acked.as_ref()).await;
         }
     }
     wait_for_port(4222).await;

@@ -25,19 +25,19 @@ use sluice_sdk::record::metadata;
 use sluice_sdk::{Data, Operation, Payload, Plugin, Position, Record, Settings, Source};
 use tokio_postgres::{Client, NoTls};
 
+mod support;
+use support::{open_source, read_n, settings};
+
+/// How long a test waits for the records it reads.
+const READ_LIMIT: Duration = Duration::from_secs(20);
+
 const URL_VAR: &str = "SLUICE_TEST_POSTGRES_URL";
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 /// The server URL, or `None` (after saying why) when the tests should skip.
 fn url(test: &str) -> Option<String> {
-    match std::env::var(URL_VAR) {
-        Ok(u) if !u.is_empty() => Some(u),
-        _ => {
-            eprintln!("skipping {test}: {URL_VAR} is not set");
-            None
-        }
-    }
+    support::service_url(URL_VAR, test, "postgres://postgres@127.0.0.1:5432/test")
 }
 
 /// Names of what a test created, dropped at its end.
@@ -205,13 +205,6 @@ where
     }
 }
 
-fn settings(pairs: &[(&str, &str)]) -> Settings {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
-
 fn source_settings(db: &Db, table: &str, slot: &str, publication: &str) -> Settings {
     settings(&[
         ("url", &db.url),
@@ -220,29 +213,6 @@ fn source_settings(db: &Db, table: &str, slot: &str, publication: &str) -> Setti
         ("logrepl.slotName", slot),
         ("logrepl.publicationName", publication),
     ])
-}
-
-async fn open_source(s: &Settings, at: Option<&Position>) -> Box<dyn Source> {
-    let mut src = PostgresPlugin.new_source().expect("source side");
-    src.configure(s).await.expect("configure");
-    src.open(at).await.expect("open");
-    src
-}
-
-/// Reads exactly `n` records (failing after 20 s).
-async fn read_n(src: &mut dyn Source, n: usize) -> Vec<Record> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let mut out = Vec::new();
-    while out.len() < n {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "only {} of {n} records arrived",
-            out.len()
-        );
-        let batch = src.read(n - out.len()).await.expect("read");
-        out.extend(batch.records);
-    }
-    out
 }
 
 /// Reads for a while and fails if any record arrives.
@@ -441,7 +411,7 @@ async fn deleting_the_connector_drops_its_slot_and_publication() {
         let t = db.table("id integer PRIMARY KEY").await;
         let (slot, publication) = db.slot_and_publication();
         let s = source_settings(&db, &t, &slot, &publication);
-        let mut src = open_source(&s, None).await;
+        let mut src = open_source(&PostgresPlugin, &s, None).await;
         src.teardown().await.expect("teardown");
         assert!(
             db.confirmed_flush(&slot).await.is_some(),
@@ -588,9 +558,9 @@ async fn cdc_delivers_changes_in_commit_order_with_before_images_per_replica_ide
             .await;
         let (slot, publication) = db.slot_and_publication();
         let s = source_settings(&db, &format!("{full},{plain}"), &slot, &publication);
-        let mut src = open_source(&s, None).await;
+        let mut src = open_source(&PostgresPlugin, &s, None).await;
 
-        let snapshot = read_n(src.as_mut(), 1).await;
+        let snapshot = read_n(src.as_mut(), 1, READ_LIMIT).await;
         assert_eq!(snapshot[0].operation, Operation::Snapshot);
         assert_eq!(snapshot[0].metadata[metadata::COLLECTION], full);
         assert_eq!(
@@ -622,7 +592,7 @@ async fn cdc_delivers_changes_in_commit_order_with_before_images_per_replica_ide
         ))
         .await;
 
-        let changes = read_n(src.as_mut(), 7).await;
+        let changes = read_n(src.as_mut(), 7, READ_LIMIT).await;
         let ops: Vec<(Operation, &str, Json)> = changes
             .iter()
             .map(|r| {
@@ -712,9 +682,14 @@ async fn cdc_values_are_typed_json() {
         );
         db.exec(&row).await;
         let (slot, publication) = db.slot_and_publication();
-        let mut src = open_source(&source_settings(&db, &t, &slot, &publication), None).await;
+        let mut src = open_source(
+            &PostgresPlugin,
+            &source_settings(&db, &t, &slot, &publication),
+            None,
+        )
+        .await;
         db.exec(&row.replace("9007199254740993", "2")).await;
-        let records = read_n(src.as_mut(), 2).await;
+        let records = read_n(src.as_mut(), 2, READ_LIMIT).await;
         let want = |id: i64| {
             json!({
                 "id": id, "ok": true, "small": 7, "price": "12.50", "ratio": 0.25,
@@ -767,10 +742,10 @@ async fn a_restart_mid_stream_resumes_at_the_acked_position_and_the_slot_keeps_t
         let (slot, publication) = db.slot_and_publication();
         let mut s = source_settings(&db, &t, &slot, &publication);
         s.insert("snapshotMode".into(), "never".into());
-        let mut first = open_source(&s, None).await;
+        let mut first = open_source(&PostgresPlugin, &s, None).await;
         // 10 transactions of 10 rows: ids 1..=100.
         insert_transactions(&db, &t, 1, 10, 10).await;
-        let read = read_n(first.as_mut(), 60).await;
+        let read = read_n(first.as_mut(), 60, READ_LIMIT).await;
         assert_eq!(ids(&read), (1..=60).collect::<Vec<_>>());
         let positions: Vec<Position> = read.iter().map(|r| r.position.clone()).collect();
         // Acknowledge the first 40 only (four whole transactions), in two calls.
@@ -807,8 +782,8 @@ async fn a_restart_mid_stream_resumes_at_the_acked_position_and_the_slot_keeps_t
         // More changes while the source is down, then a restart at the last acknowledged
         // position: exactly the rest, nothing lost, nothing repeated.
         insert_transactions(&db, &t, 101, 2, 5).await;
-        let mut second = open_source(&s, Some(&positions[39])).await;
-        let rest = read_n(second.as_mut(), 70).await;
+        let mut second = open_source(&PostgresPlugin, &s, Some(&positions[39])).await;
+        let rest = read_n(second.as_mut(), 70, READ_LIMIT).await;
         assert_eq!(ids(&rest), (41..=110).collect::<Vec<_>>());
         let same = |a: &[Record], b: &[Record]| {
             a.iter()
@@ -828,8 +803,8 @@ async fn a_restart_mid_stream_resumes_at_the_acked_position_and_the_slot_keeps_t
         let all: Vec<Position> = rest.iter().map(|r| r.position.clone()).collect();
         second.ack(&all[..5]).await.expect("ack");
         second.teardown().await.expect("teardown");
-        let mut third = open_source(&s, Some(&all[4])).await;
-        let tail = read_n(third.as_mut(), 65).await;
+        let mut third = open_source(&PostgresPlugin, &s, Some(&all[4])).await;
+        let tail = read_n(third.as_mut(), 65, READ_LIMIT).await;
         assert_eq!(ids(&tail), (46..=110).collect::<Vec<_>>());
         expect_nothing_more(third.as_mut()).await;
         third.teardown().await.expect("teardown");
@@ -845,7 +820,7 @@ async fn a_quiet_table_does_not_hold_back_the_slot() {
         let (slot, publication) = db.slot_and_publication();
         let mut s = source_settings(&db, &quiet, &slot, &publication);
         s.insert("snapshotMode".into(), "never".into());
-        let mut src = open_source(&s, None).await;
+        let mut src = open_source(&PostgresPlugin, &s, None).await;
         let start = db.confirmed_flush(&slot).await.expect("the slot exists");
         // WAL from a table the source does not follow: no record, yet the slot may move on.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -870,7 +845,7 @@ async fn a_quiet_table_does_not_hold_back_the_slot() {
         }
         // A change to the followed table still arrives.
         db.exec(&format!("INSERT INTO {quiet} VALUES (1)")).await;
-        assert_eq!(ids(&read_n(src.as_mut(), 1).await), vec![1]);
+        assert_eq!(ids(&read_n(src.as_mut(), 1, READ_LIMIT).await), vec![1]);
         src.teardown().await.expect("teardown");
     })
     .await;
@@ -883,9 +858,9 @@ async fn a_lost_replication_connection_is_resumed_with_nothing_lost() {
         let (slot, publication) = db.slot_and_publication();
         let mut s = source_settings(&db, &t, &slot, &publication);
         s.insert("snapshotMode".into(), "never".into());
-        let mut src = open_source(&s, None).await;
+        let mut src = open_source(&PostgresPlugin, &s, None).await;
         insert_transactions(&db, &t, 1, 4, 5).await;
-        let mut got = read_n(src.as_mut(), 10).await;
+        let mut got = read_n(src.as_mut(), 10, READ_LIMIT).await;
         let acked: Vec<Position> = got.iter().map(|r| r.position.clone()).collect();
         src.ack(&acked).await.expect("ack");
         // Kill the server process streaming the slot.
@@ -901,7 +876,7 @@ async fn a_lost_replication_connection_is_resumed_with_nothing_lost() {
             .get(0);
         assert_eq!(killed, 1, "the slot was not being streamed");
         insert_transactions(&db, &t, 21, 4, 5).await;
-        got.extend(read_n(src.as_mut(), 30).await);
+        got.extend(read_n(src.as_mut(), 30, READ_LIMIT).await);
         assert_eq!(ids(&got), (1..=40).collect::<Vec<_>>());
         expect_nothing_more(src.as_mut()).await;
         src.teardown().await.expect("teardown");
@@ -924,14 +899,14 @@ async fn polling_mode_reads_new_rows_by_the_ordering_column_and_resumes() {
             ("orderingColumn", "id"),
             ("pollingPeriod", "50ms"),
         ]);
-        let mut src = open_source(&s, None).await;
-        let existing = read_n(src.as_mut(), 3).await;
+        let mut src = open_source(&PostgresPlugin, &s, None).await;
+        let existing = read_n(src.as_mut(), 3, READ_LIMIT).await;
         assert_eq!(ids(&existing), vec![1, 2, 3]);
         db.exec(&format!(
             "INSERT INTO {t} (name) SELECT 'new ' || g FROM generate_series(1, 4) g"
         ))
         .await;
-        let new = read_n(src.as_mut(), 4).await;
+        let new = read_n(src.as_mut(), 4, READ_LIMIT).await;
         assert_eq!(ids(&new), vec![4, 5, 6, 7]);
         assert!(new.iter().all(|r| r.operation == Operation::Create));
         assert_eq!(after(&new[0]), json!({"id": 4, "name": "new 1"}));
@@ -939,20 +914,23 @@ async fn polling_mode_reads_new_rows_by_the_ordering_column_and_resumes() {
         src.teardown().await.expect("teardown");
 
         // Resume after the fifth row: the sixth and seventh, then what is new.
-        let mut again = open_source(&s, Some(&new[1].position)).await;
+        let mut again = open_source(&PostgresPlugin, &s, Some(&new[1].position)).await;
         db.exec(&format!("INSERT INTO {t} (name) VALUES ('later')"))
             .await;
-        assert_eq!(ids(&read_n(again.as_mut(), 3).await), vec![6, 7, 8]);
+        assert_eq!(
+            ids(&read_n(again.as_mut(), 3, READ_LIMIT).await),
+            vec![6, 7, 8]
+        );
         again.teardown().await.expect("teardown");
 
         // snapshotMode: never starts after the rows that exist.
         let mut s2 = s.clone();
         s2.insert("snapshotMode".into(), "never".into());
-        let mut fresh = open_source(&s2, None).await;
+        let mut fresh = open_source(&PostgresPlugin, &s2, None).await;
         expect_nothing_more(fresh.as_mut()).await;
         db.exec(&format!("INSERT INTO {t} (name) VALUES ('newest')"))
             .await;
-        assert_eq!(ids(&read_n(fresh.as_mut(), 1).await), vec![9]);
+        assert_eq!(ids(&read_n(fresh.as_mut(), 1, READ_LIMIT).await), vec![9]);
         fresh.teardown().await.expect("teardown");
     })
     .await;

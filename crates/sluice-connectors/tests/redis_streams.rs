@@ -23,16 +23,17 @@ use sluice_sdk::acceptance::{
     destination_acceptance, source_acceptance, DestinationFixture, Expected, SourceCapabilities,
     SourceFixture, Written,
 };
-use sluice_sdk::{ConnectorError, Data, Plugin, Position, Record, Settings, Source};
+use sluice_sdk::{ConnectorError, Data, Plugin, Position, Record, Settings};
 
-fn redis_url() -> Option<String> {
-    match std::env::var("SLUICE_TEST_REDIS_URL") {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ => {
-            eprintln!("skipped: SLUICE_TEST_REDIS_URL is not set (e.g. redis://127.0.0.1:6379)");
-            None
-        }
-    }
+mod support;
+use support::{open_source, raw_payload, read_n, settings};
+
+/// How long a test waits for the records it reads.
+const READ_LIMIT: Duration = Duration::from_secs(20);
+
+/// The server's URL, or `None` (with the reason printed) when `test` must skip.
+fn redis_url(test: &str) -> Option<String> {
+    support::service_url("SLUICE_TEST_REDIS_URL", test, "redis://127.0.0.1:6379")
 }
 
 /// A key no other test run uses.
@@ -47,13 +48,6 @@ fn unique(prefix: &str) -> String {
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::Relaxed)
     )
-}
-
-fn settings(pairs: &[(&str, &str)]) -> Settings {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
 }
 
 async fn connection(url: &str) -> redis::aio::MultiplexedConnection {
@@ -84,35 +78,6 @@ impl Keys {
 
 async fn xadd(conn: &mut redis::aio::MultiplexedConnection, key: &str, fields: &[(&str, &[u8])]) {
     let _: String = conn.xadd(key, "*", fields).await.expect("XADD");
-}
-
-async fn open_source(settings: &Settings, position: Option<&Position>) -> Box<dyn Source> {
-    let mut src = RedisPlugin.new_source().expect("source side");
-    src.configure(settings).await.expect("configure");
-    src.open(position).await.expect("open");
-    src
-}
-
-async fn read_n(src: &mut dyn Source, n: usize) -> Vec<Record> {
-    let until = tokio::time::Instant::now() + Duration::from_secs(20);
-    let mut out = Vec::new();
-    while out.len() < n {
-        assert!(
-            tokio::time::Instant::now() < until,
-            "only {} of {n} records arrived within 20 s",
-            out.len()
-        );
-        out.extend(src.read(n - out.len()).await.expect("read").records);
-    }
-    out
-}
-
-fn raw_payload(r: &Record) -> Vec<u8> {
-    r.payload
-        .after
-        .as_ref()
-        .map(|d| d.to_bytes().to_vec())
-        .unwrap_or_default()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -163,11 +128,8 @@ impl SourceFixture for SourceFx {
     }
 
     fn invalid_settings(&self) -> Vec<(Settings, &'static str)> {
-        let with = |k: &'static str, v: &'static str| {
-            let mut s = settings(&[("url", self.url.as_str()), ("redis.key", "k")]);
-            s.insert(k.to_string(), v.to_string());
-            (s, k)
-        };
+        let base = [("url", self.url.as_str()), ("redis.key", "k")];
+        let with = support::with_setting(&base);
         vec![
             with("mode", "pubsub"),
             with("format", "xml"),
@@ -179,19 +141,15 @@ impl SourceFixture for SourceFx {
     }
 
     fn capabilities(&self) -> SourceCapabilities {
-        SourceCapabilities {
-            live: true,
-            snapshot: false,
-            end_of_stream: false,
-            resume: true,
-            self_producing: false,
-        }
+        support::LIVE_AND_RESUMABLE
     }
 }
 
 #[tokio::test]
 async fn source_passes_the_acceptance_kit() {
-    let Some(url) = redis_url() else { return };
+    let Some(url) = redis_url("source_passes_the_acceptance_kit") else {
+        return;
+    };
     let keys = Keys::default();
     for format in ["fields", "raw"] {
         let fx = SourceFx {
@@ -244,11 +202,8 @@ impl DestinationFixture for DestinationFx {
     }
 
     fn invalid_settings(&self) -> Vec<(Settings, &'static str)> {
-        let with = |k: &'static str, v: &'static str| {
-            let mut s = settings(&[("url", self.url.as_str()), ("redis.key", "k")]);
-            s.insert(k.to_string(), v.to_string());
-            (s, k)
-        };
+        let base = [("url", self.url.as_str()), ("redis.key", "k")];
+        let with = support::with_setting(&base);
         vec![
             with("maxLen", "-1"),
             with("format", "xml"),
@@ -279,7 +234,9 @@ impl DestinationFixture for DestinationFx {
 
 #[tokio::test]
 async fn destination_passes_the_acceptance_kit() {
-    let Some(url) = redis_url() else { return };
+    let Some(url) = redis_url("destination_passes_the_acceptance_kit") else {
+        return;
+    };
     let keys = Keys::default();
     // `fields` writes a raw payload as the single field `data`, like `raw`.
     for format in ["fields", "raw", "opencdc"] {
@@ -300,7 +257,9 @@ async fn destination_passes_the_acceptance_kit() {
 
 #[tokio::test]
 async fn structured_records_round_trip_through_a_stream() {
-    let Some(url) = redis_url() else { return };
+    let Some(url) = redis_url("structured_records_round_trip_through_a_stream") else {
+        return;
+    };
     let keys = Keys::default();
     let key = unique("rt");
     keys.add(&key);
@@ -323,8 +282,13 @@ async fn structured_records_round_trip_through_a_stream() {
     assert_eq!(dst.ack().await.expect("ack").count, 1);
     dst.teardown().await.expect("teardown");
 
-    let mut src = open_source(&settings(&[("url", &url), ("redis.key", &key)]), None).await;
-    let got = read_n(src.as_mut(), 1).await.remove(0);
+    let mut src = open_source(
+        &RedisPlugin,
+        &settings(&[("url", &url), ("redis.key", &key)]),
+        None,
+    )
+    .await;
+    let got = read_n(src.as_mut(), 1, READ_LIMIT).await.remove(0);
     let Some(Data::Structured(fields)) = &got.payload.after else {
         panic!("expected a structured payload, got {:?}", got.payload.after);
     };
@@ -338,7 +302,9 @@ async fn structured_records_round_trip_through_a_stream() {
 
 #[tokio::test]
 async fn pending_entries_are_read_again_and_processed_ones_skipped() {
-    let Some(url) = redis_url() else { return };
+    let Some(url) = redis_url("pending_entries_are_read_again_and_processed_ones_skipped") else {
+        return;
+    };
     let keys = Keys::default();
     let key = unique("pel");
     keys.add(&key);
@@ -348,8 +314,8 @@ async fn pending_entries_are_read_again_and_processed_ones_skipped() {
     }
     let s = settings(&[("url", &url), ("redis.key", &key), ("format", "raw")]);
     // First run: read 8, ack the first 3, then die. Entries 4..8 stay pending for the consumer.
-    let mut first = open_source(&s, None).await;
-    let head = read_n(first.as_mut(), 8).await;
+    let mut first = open_source(&RedisPlugin, &s, None).await;
+    let head = read_n(first.as_mut(), 8, READ_LIMIT).await;
     first
         .ack(
             &head[..3]
@@ -362,8 +328,8 @@ async fn pending_entries_are_read_again_and_processed_ones_skipped() {
     drop(first);
     // The engine had checkpointed record 5 but died before acking 4 and 5: resuming at 5 reads
     // 6..10 (6..8 from the pending list, then 9, 10), each once, in order.
-    let mut second = open_source(&s, Some(&head[4].position)).await;
-    let rest = read_n(second.as_mut(), 5).await;
+    let mut second = open_source(&RedisPlugin, &s, Some(&head[4].position)).await;
+    let rest = read_n(second.as_mut(), 5, READ_LIMIT).await;
     assert_eq!(
         rest.iter().map(raw_payload).collect::<Vec<_>>(),
         (5..10)
@@ -386,7 +352,9 @@ async fn pending_entries_are_read_again_and_processed_ones_skipped() {
 
 #[tokio::test]
 async fn a_dropped_connection_loses_nothing() {
-    let Some(url) = redis_url() else { return };
+    let Some(url) = redis_url("a_dropped_connection_loses_nothing") else {
+        return;
+    };
     const TOTAL: usize = 2000;
     // The source connects to its own logical database, so its connections can be told apart
     // from everyone else's and killed alone.
@@ -415,7 +383,7 @@ async fn a_dropped_connection_loses_nothing() {
         })
     };
     let s = settings(&[("url", &db_url), ("redis.key", &key), ("format", "raw")]);
-    let mut src = open_source(&s, None).await;
+    let mut src = open_source(&RedisPlugin, &s, None).await;
     let mut seen = BTreeSet::new();
     let mut kills = 0;
     let mut killed = 0;
@@ -516,7 +484,11 @@ async fn a_server_that_is_down_at_open_fails_naming_the_settings() {
 
 #[tokio::test]
 async fn a_missing_group_or_a_key_of_another_type_is_an_error_naming_the_setting() {
-    let Some(url) = redis_url() else { return };
+    let Some(url) =
+        redis_url("a_missing_group_or_a_key_of_another_type_is_an_error_naming_the_setting")
+    else {
+        return;
+    };
     let keys = Keys::default();
     let key = unique("nogroup");
     keys.add(&key);
