@@ -231,6 +231,7 @@ impl SourceFixture for SourceFx {
 
 #[tokio::test]
 async fn source_passes_the_acceptance_kit() {
+    let _broker = support::BROKER.read().await;
     let Some(url) = amqp_url("source_passes_the_acceptance_kit") else {
         return;
     };
@@ -313,6 +314,7 @@ impl DestinationFixture for DestinationFx {
 
 #[tokio::test]
 async fn destination_passes_the_acceptance_kit_raw_and_opencdc() {
+    let _broker = support::BROKER.read().await;
     let Some(url) = amqp_url("destination_passes_the_acceptance_kit_raw_and_opencdc") else {
         return;
     };
@@ -337,6 +339,7 @@ async fn destination_passes_the_acceptance_kit_raw_and_opencdc() {
 
 #[tokio::test]
 async fn unreachable_broker_is_retried_then_named() {
+    let _broker = support::BROKER.read().await;
     // No broker needed: nothing listens on port 1.
     let mut src = AmqpPlugin::new().new_source().expect("source side");
     src.configure(&settings(&[
@@ -372,6 +375,7 @@ async fn unreachable_broker_is_retried_then_named() {
 
 #[tokio::test]
 async fn wrong_credentials_fail_at_once_naming_the_setting() {
+    let _broker = support::BROKER.read().await;
     let Some(url) = amqp_url("wrong_credentials_fail_at_once_naming_the_setting") else {
         return;
     };
@@ -403,6 +407,7 @@ async fn wrong_credentials_fail_at_once_naming_the_setting() {
 
 #[tokio::test]
 async fn missing_queue_names_the_setting() {
+    let _broker = support::BROKER.read().await;
     let Some(url) = amqp_url("missing_queue_names_the_setting") else {
         return;
     };
@@ -424,6 +429,7 @@ async fn missing_queue_names_the_setting() {
 
 #[tokio::test]
 async fn unroutable_messages_are_nacked_with_the_reason() {
+    let _broker = support::BROKER.read().await;
     let Some(url) = amqp_url("unroutable_messages_are_nacked_with_the_reason") else {
         return;
     };
@@ -523,6 +529,7 @@ fn rabbitmqctl_available() -> bool {
 
 #[tokio::test]
 async fn source_reconnects_after_the_broker_closes_its_connection() {
+    let _broker = support::BROKER.read().await;
     let Some(url) = amqp_url("source_reconnects_after_the_broker_closes_its_connection") else {
         return;
     };
@@ -600,6 +607,7 @@ async fn source_reconnects_after_the_broker_closes_its_connection() {
 
 #[tokio::test]
 async fn destination_republishes_unconfirmed_messages_after_a_lost_connection() {
+    let _broker = support::BROKER.read().await;
     let Some(url) =
         amqp_url("destination_republishes_unconfirmed_messages_after_a_lost_connection")
     else {
@@ -690,6 +698,7 @@ impl Drop for StartAppOnDrop {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_restart_mid_stream_loses_nothing() {
+    let _broker = support::BROKER.write().await;
     let Some(url) = amqp_url("broker_restart_mid_stream_loses_nothing") else {
         return;
     };

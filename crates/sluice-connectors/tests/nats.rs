@@ -165,6 +165,7 @@ impl SourceFixture for SourceFx {
 
 #[tokio::test]
 async fn source_passes_the_acceptance_kit() {
+    let _broker = support::BROKER.read().await;
     let Some(url) = nats_url("source_passes_the_acceptance_kit") else {
         return;
     };
@@ -250,6 +251,7 @@ async fn stored(js: &jetstream::Context, stream: &str, format: &str) -> Vec<Reco
 
 #[tokio::test]
 async fn destination_passes_the_acceptance_kit() {
+    let _broker = support::BROKER.read().await;
     let Some(url) = nats_url("destination_passes_the_acceptance_kit") else {
         return;
     };
@@ -274,6 +276,7 @@ async fn destination_passes_the_acceptance_kit() {
 
 #[tokio::test]
 async fn opencdc_records_round_trip_through_a_stream() {
+    let _broker = support::BROKER.read().await;
     let Some(url) = nats_url("opencdc_records_round_trip_through_a_stream") else {
         return;
     };
@@ -337,6 +340,7 @@ async fn opencdc_records_round_trip_through_a_stream() {
 
 #[tokio::test]
 async fn raw_messages_carry_subject_headers_and_msg_id_key() {
+    let _broker = support::BROKER.read().await;
     let Some(url) = nats_url("raw_messages_carry_subject_headers_and_msg_id_key") else {
         return;
     };
@@ -380,6 +384,7 @@ async fn raw_messages_carry_subject_headers_and_msg_id_key() {
 
 #[tokio::test]
 async fn unacknowledged_records_come_back_and_acknowledged_ones_do_not() {
+    let _broker = support::BROKER.read().await;
     let Some(url) = nats_url("unacknowledged_records_come_back_and_acknowledged_ones_do_not")
     else {
         return;
@@ -419,6 +424,7 @@ async fn unacknowledged_records_come_back_and_acknowledged_ones_do_not() {
 
 #[tokio::test]
 async fn a_processed_but_unacknowledged_checkpoint_is_not_delivered_again() {
+    let _broker = support::BROKER.read().await;
     // The engine saved position 8, then died before the source acked 1..=8 on the server: the
     // server redelivers them, and resuming at 8 skips them.
     let Some(url) = nats_url("a_processed_but_unacknowledged_checkpoint_is_not_delivered_again")
@@ -463,6 +469,7 @@ async fn a_processed_but_unacknowledged_checkpoint_is_not_delivered_again() {
 
 #[tokio::test]
 async fn publishes_no_stream_captures_are_nacked_after_retries() {
+    let _broker = support::BROKER.read().await;
     let Some(url) = nats_url("publishes_no_stream_captures_are_nacked_after_retries") else {
         return;
     };
@@ -488,6 +495,7 @@ async fn publishes_no_stream_captures_are_nacked_after_retries() {
 
 #[tokio::test]
 async fn a_server_that_is_down_at_open_fails_naming_the_setting() {
+    let _broker = support::BROKER.read().await;
     // Port 1 on the loopback address: nothing listens there.
     let mut src = NatsPlugin.new_source().expect("source");
     src.configure(&settings(&[
@@ -514,6 +522,7 @@ async fn a_server_that_is_down_at_open_fails_naming_the_setting() {
 
 #[tokio::test]
 async fn a_missing_stream_or_consumer_is_an_error_naming_the_setting() {
+    let _broker = support::BROKER.read().await;
     let Some(url) = nats_url("a_missing_stream_or_consumer_is_an_error_naming_the_setting") else {
         return;
     };
@@ -623,6 +632,7 @@ async fn wait_for_port(port: u16) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_restart_mid_stream_loses_nothing() {
+    let _broker = support::BROKER.write().await;
     let Some(url) = nats_url("broker_restart_mid_stream_loses_nothing") else {
         return;
     };

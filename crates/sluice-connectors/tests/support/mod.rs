@@ -198,3 +198,8 @@ pub async fn read_until_seen(
     }
     all
 }
+
+/// Tests that stop and start a local broker hold this exclusively, every other test of the
+/// binary shares it: tests of one binary run in parallel, and a broker going away would fail
+/// the others. (Test binaries themselves run one after another.)
+pub static BROKER: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
