@@ -23,7 +23,7 @@ use std::sync::{Arc, OnceLock};
 
 use futures::stream::{FuturesUnordered, StreamExt};
 
-use sluice_state::{StateError, Store, TxOperation};
+use sluice_state::{Concurrency, StateError, Store, TxOperation};
 use tokio::sync::{mpsc, oneshot};
 
 /// Most transactions committed together.
@@ -173,6 +173,9 @@ fn take_batch(waiting: &mut VecDeque<Request>, busy: &HashSet<String>) -> Vec<Re
 
 /// Commits `batch` as one transaction, splitting off transactions whose checks fail.
 async fn commit(store: &dyn Store, mut batch: Vec<Request>) {
+    // The transactions are independent (disjoint keys): alike ones go next to each other, so a
+    // store can write a run of alike writes as one statement.
+    batch.sort_by_cached_key(|r| shape(&r.ops));
     loop {
         if batch.len() == 1 {
             if let Some(r) = batch.pop() {
@@ -205,6 +208,19 @@ async fn commit(store: &dyn Store, mut batch: Vec<Request>) {
             Err(_) => return alone(store, batch).await,
         }
     }
+}
+
+/// What kind of writes a transaction makes, in order: first-writes, conditional writes (ETag),
+/// plain writes, deletes.
+fn shape(ops: &[TxOperation]) -> Vec<u8> {
+    ops.iter()
+        .map(|op| match op {
+            TxOperation::Upsert(req) if req.etag.is_some() => 1,
+            TxOperation::Upsert(req) if req.concurrency == Concurrency::FirstWrite => 0,
+            TxOperation::Upsert(_) => 2,
+            TxOperation::Delete(_) => 3,
+        })
+        .collect()
 }
 
 /// The position in `batch` of the transaction holding operation `index` of the combined

@@ -26,6 +26,12 @@ pub(crate) struct Sql {
     /// Conditional update: `upsert`'s parameters and `$5 version`; returns no row unless the live
     /// row has that version.
     pub update_if: String,
+    /// `upsert` of many rows: `$1 keys, $2 values, $3 value_jsons, $4 ttls_ms` (arrays, in
+    /// order) → `key, version` of every row.
+    pub upsert_many: String,
+    /// `insert_absent` of many rows, `upsert_many`'s parameters → `key, version` of the rows
+    /// written (a key missing from the answer was refused).
+    pub insert_absent_many: String,
     /// `$1 key`: deletes the row, live or expired.
     pub delete: String,
     /// `$1 key, $2 version`: deletes the live row with that version (rows affected: 1 or 0).
@@ -60,7 +66,23 @@ impl Sql {
              value_json = EXCLUDED.value_json, version = EXCLUDED.version, \
              expires_at = EXCLUDED.expires_at, updated_at = EXCLUDED.updated_at"
         );
+        // The same insert for many rows at once, in array order.
+        let expires_many = expires.replace("$4::bigint", "u.ttl");
+        let insert_many = format!(
+            "INSERT INTO {t} AS s (key, value, value_json, version, expires_at, updated_at) \
+             SELECT u.key, u.value, u.value_json, {next_version}, {expires_many}, now() \
+             FROM unnest($1::text[], $2::bytea[], $3::jsonb[], $4::bigint[]) \
+             WITH ORDINALITY AS u(key, value, value_json, ttl, ord) ORDER BY u.ord \
+             ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, \
+             value_json = EXCLUDED.value_json, version = EXCLUDED.version, \
+             expires_at = EXCLUDED.expires_at, updated_at = EXCLUDED.updated_at"
+        );
         Sql {
+            upsert_many: format!("{insert_many} RETURNING key, version"),
+            insert_absent_many: format!(
+                "{insert_many} WHERE s.expires_at IS NOT NULL AND s.expires_at <= now() \
+                 RETURNING key, version"
+            ),
             get: format!("SELECT value, version, expires_at FROM {t} WHERE key = $1 AND {LIVE}"),
             bulk_get: format!(
                 "SELECT key, value, version, expires_at FROM {t} WHERE key = ANY($1) AND {LIVE}"

@@ -20,9 +20,10 @@
 //! database client.
 
 use std::collections::{HashMap, HashSet};
+use std::ops::Range;
 
 use super::pipeline;
-use super::write::{Applied, Expect, Kind, Prepared, Remove, Step, Write};
+use super::write::{run_many, Applied, Expect, Kind, Prepared, Remove, Step, Write};
 use super::Inner;
 use crate::error::StateError;
 use crate::store::TxOperation;
@@ -76,6 +77,36 @@ enum Answer {
     Locked(Result<Vec<tokio_postgres::Row>, tokio_postgres::Error>),
     /// One write.
     Applied(Result<Applied, tokio_postgres::Error>),
+    /// A run of writes of one kind, in order.
+    AppliedMany(Result<Vec<Applied>, tokio_postgres::Error>),
+}
+
+/// `steps` cut into runs, each answered by one statement: two or more consecutive writes of a
+/// kind that has a many-row statement, on distinct keys (with that statement), or one step.
+fn runs(steps: &[Step<'_>]) -> Vec<(Range<usize>, Option<Kind>)> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < steps.len() {
+        let first = steps[start];
+        let many = match first {
+            Step::Set(_, kind, _) => kind.many(),
+            Step::Delete(..) => None,
+        };
+        let mut end = start + 1;
+        if many.is_some() {
+            let mut keys: HashSet<&str> = HashSet::from([first.key()]);
+            while end < steps.len()
+                && matches!(steps[end], Step::Set(..))
+                && steps[end].kind() == first.kind()
+                && keys.insert(steps[end].key())
+            {
+                end += 1;
+            }
+        }
+        out.push((start..end, if end - start > 1 { many } else { None }));
+        start = end;
+    }
+    out
 }
 
 /// Runs `ops` as one transaction (see the module documentation).
@@ -114,6 +145,14 @@ pub(crate) async fn multi(inner: &Inner, ops: Vec<TxOperation>) -> Result<(), St
             Op::Set(_) => [Kind::Upsert, Kind::InsertAbsent],
             Op::Delete(_) => [Kind::Delete, Kind::DeleteReturningLive],
         });
+    }
+    if validated
+        .iter()
+        .filter(|op| matches!(op, Op::Set(_)))
+        .count()
+        > 1
+    {
+        kinds.extend([Kind::UpsertMany, Kind::InsertAbsentMany]);
     }
     let prepared = Prepared::new(&client, &inner.sql, kinds)
         .await
@@ -161,8 +200,9 @@ pub(crate) async fn multi(inner: &Inner, ops: Vec<TxOperation>) -> Result<(), St
         .collect();
 
     // One round trip: the lock (`FOR UPDATE`, executed first, so no locked row changes before
-    // the writes) and every write, pipelined.
-    let mut pipelined: Vec<pipeline::Op<'_, Answer>> = Vec::with_capacity(steps.len() + 1);
+    // the writes) and every write, pipelined; a run of writes of one kind is one statement.
+    let runs = runs(&steps);
+    let mut pipelined: Vec<pipeline::Op<'_, Answer>> = Vec::with_capacity(runs.len() + 1);
     if let Some(lock) = &lock {
         let tx = &tx;
         let conditional = &conditional;
@@ -170,8 +210,28 @@ pub(crate) async fn multi(inner: &Inner, ops: Vec<TxOperation>) -> Result<(), St
             Answer::Locked(tx.query(lock, &[conditional]).await)
         }));
     }
-    for op in prepared.ops(tx.client(), &steps)? {
-        pipelined.push(Box::pin(async move { Answer::Applied(op.await) }));
+    for (range, many) in &runs {
+        match many {
+            Some(kind) => {
+                let stmt = prepared.statement(*kind)?;
+                let writes: Vec<&Write> = steps[range.clone()]
+                    .iter()
+                    .filter_map(|step| match step {
+                        Step::Set(w, _, _) => Some(*w),
+                        Step::Delete(..) => None,
+                    })
+                    .collect();
+                let client = tx.client();
+                pipelined.push(Box::pin(async move {
+                    Answer::AppliedMany(run_many(client, stmt, &writes).await)
+                }));
+            }
+            None => {
+                for op in prepared.ops(tx.client(), &steps[range.clone()])? {
+                    pipelined.push(Box::pin(async move { Answer::Applied(op.await) }));
+                }
+            }
+        }
     }
     let mut answers = pipeline::in_order(pipelined).await.into_iter();
     if lock.is_some() {
@@ -194,19 +254,73 @@ pub(crate) async fn multi(inner: &Inner, ops: Vec<TxOperation>) -> Result<(), St
             }
         }
     }
-    for (index, (step, answer)) in steps.iter().zip(answers).enumerate() {
-        match answer {
-            Answer::Applied(Ok(Applied::Refused)) => return Err(mismatch(index, step.key())),
-            Answer::Applied(Ok(Applied::Written(_) | Applied::Deleted)) => {}
-            Answer::Applied(Err(e)) => {
+    let mut index = 0;
+    for answer in answers {
+        let applied = match answer {
+            Answer::Applied(Ok(a)) => vec![a],
+            Answer::AppliedMany(Ok(many)) => many,
+            Answer::Applied(Err(e)) | Answer::AppliedMany(Err(e)) => {
                 return Err(target.pg(&format!("{what}, operation {index}"), &e))
             }
             Answer::Locked(_) => {
                 return Err(target.permanent(&what, "internal error: a write's answer is missing"))
             }
+        };
+        for a in applied {
+            let Some(step) = steps.get(index) else {
+                return Err(target.permanent(&what, "internal error: more answers than writes"));
+            };
+            if a == Applied::Refused {
+                return Err(mismatch(index, step.key()));
+            }
+            index += 1;
         }
+    }
+    if index != steps.len() {
+        return Err(target.permanent(&what, "internal error: a write's answer is missing"));
     }
     tx.commit()
         .await
         .map_err(|e| target.pg(&format!("commit the {what}"), &e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Concurrency, SetRequest};
+
+    fn write(key: &str) -> Write {
+        Write::new(SetRequest::new(key, "v".to_string()).with_concurrency(Concurrency::FirstWrite))
+            .expect("valid")
+    }
+
+    #[test]
+    fn runs_group_consecutive_writes_of_one_kind_on_distinct_keys() {
+        let (a, b, c, e) = (write("a"), write("b"), write("c"), write("e"));
+        let steps = [
+            Step::Set(&a, Kind::InsertAbsent, 0),
+            Step::Set(&b, Kind::InsertAbsent, 0),
+            Step::Set(&c, Kind::Upsert, 0),
+            Step::Delete("d", Kind::Delete, 0),
+            Step::Set(&e, Kind::Upsert, 0),
+            Step::Set(&b, Kind::Upsert, 0),
+            // The same key again: a new run, so the two writes of `b` keep their order.
+            Step::Set(&b, Kind::Upsert, 0),
+            Step::Set(&c, Kind::UpdateIf, 3),
+            Step::Set(&a, Kind::UpdateIf, 4),
+        ];
+        let got: Vec<_> = runs(&steps);
+        assert_eq!(
+            got,
+            vec![
+                (0..2, Some(Kind::InsertAbsentMany)),
+                (2..3, None),
+                (3..4, None),
+                (4..6, Some(Kind::UpsertMany)),
+                (6..7, None),
+                (7..8, None),
+                (8..9, None),
+            ]
+        );
+    }
 }

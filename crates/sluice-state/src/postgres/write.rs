@@ -123,6 +123,10 @@ pub(crate) enum Kind {
     DeleteIf,
     /// `delete_returning_live`.
     DeleteReturningLive,
+    /// `upsert_many` (a run of `Upsert` steps).
+    UpsertMany,
+    /// `insert_absent_many` (a run of `InsertAbsent` steps).
+    InsertAbsentMany,
 }
 
 impl Kind {
@@ -135,6 +139,17 @@ impl Kind {
             Kind::Delete => &sql.delete,
             Kind::DeleteIf => &sql.delete_if,
             Kind::DeleteReturningLive => &sql.delete_returning_live,
+            Kind::UpsertMany => &sql.upsert_many,
+            Kind::InsertAbsentMany => &sql.insert_absent_many,
+        }
+    }
+
+    /// The statement that runs many steps of this kind at once, if there is one.
+    pub fn many(self) -> Option<Kind> {
+        match self {
+            Kind::Upsert => Some(Kind::UpsertMany),
+            Kind::InsertAbsent => Some(Kind::InsertAbsentMany),
+            _ => None,
         }
     }
 }
@@ -219,6 +234,21 @@ impl Prepared {
         Ok(Prepared { kinds: prepared })
     }
 
+    /// The prepared statement of `kind`; an error if `new` was not asked for it (a bug in the
+    /// caller).
+    pub fn statement(&self, kind: Kind) -> Result<&Statement, StateError> {
+        self.kinds
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map(|(_, s)| s)
+            .ok_or_else(|| {
+                StateError::backend(
+                    super::errors::BACKEND,
+                    format!("internal error: statement {kind:?} not prepared"),
+                )
+            })
+    }
+
     /// The futures running `steps` on `client`, in order (for [`super::pipeline::in_order`]).
     /// Fails if a step needs a statement `new` was not asked to prepare (a bug in the caller).
     pub fn ops<'a>(
@@ -244,6 +274,36 @@ impl Prepared {
             })
             .collect()
     }
+}
+
+/// Runs writes of one kind with `stmt` (an `…_many` statement) as one statement, in order; what
+/// each did, in the same order. The writes' keys must be distinct.
+pub(crate) async fn run_many(
+    client: &Client,
+    stmt: &Statement,
+    writes: &[&Write],
+) -> Result<Vec<Applied>, tokio_postgres::Error> {
+    let keys: Vec<&str> = writes.iter().map(|w| w.key.as_str()).collect();
+    let values: Vec<&[u8]> = writes.iter().map(|w| &w.value[..]).collect();
+    let jsons: Vec<Option<JsonbText<'_>>> = writes
+        .iter()
+        .map(|w| JsonbText::param(&w.value, w.json))
+        .collect();
+    let ttls: Vec<Option<i64>> = writes.iter().map(|w| w.ttl_ms).collect();
+    let rows = client.query(stmt, &[&keys, &values, &jsons, &ttls]).await?;
+    let mut written: std::collections::HashMap<String, i64> =
+        std::collections::HashMap::with_capacity(rows.len());
+    for row in rows {
+        written.insert(row.try_get(0)?, row.try_get(1)?);
+    }
+    Ok(writes
+        .iter()
+        .map(|w| {
+            written
+                .get(&w.key)
+                .map_or(Applied::Refused, |v| Applied::Written(*v))
+        })
+        .collect())
 }
 
 /// Runs one step.
