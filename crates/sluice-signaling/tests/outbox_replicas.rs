@@ -16,7 +16,6 @@ use axum::http::StatusCode;
 use axum::routing::post;
 use axum::Router;
 use sluice_signaling::dataplane::OUTBOX_PREFIX;
-use sluice_signaling::messages::FlowMessage;
 use sluice_signaling::outbox::{self, claim_key, OutboxMetrics, OutboxOptions, CLAIM_PREFIX};
 use sluice_signaling::{
     Completion, DataPlane, FlowState, HookOutput, PrepareMessage, StartMessage,
@@ -27,6 +26,9 @@ use sluice_state::{
 };
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+mod transfer_support;
+use transfer_support::flow_message;
 
 const PG_VAR: &str = "SLUICE_TEST_POSTGRES_URL";
 
@@ -71,21 +73,6 @@ fn count(counts: &Counts, process: &str, event: &str) -> usize {
         .unwrap_or(0)
 }
 
-fn flow_message(process: &str, profile: &str, callback: &str) -> FlowMessage {
-    FlowMessage {
-        message_id: format!("m-{process}"),
-        participant_id: "provider".into(),
-        counter_party_id: "consumer".into(),
-        dataspace_context: "ctx".into(),
-        process_id: process.into(),
-        agreement_id: "agreement".into(),
-        dataset_id: "dataset".into(),
-        profile: profile.into(),
-        callback_address: Some(callback.into()),
-        ..FlowMessage::default()
-    }
-}
-
 /// A data plane whose prepare and start finish async (so they report through the outbox).
 fn async_dataplane(store: Arc<dyn Store>) -> DataPlane {
     let later = || async {
@@ -105,8 +92,9 @@ async fn prepared_later(dp: &DataPlane, process: &str, callback: &str) -> String
     let msg = PrepareMessage {
         flow: flow_message(
             process,
+            "dataset",
             "https://w3id.org/dspace-sig/profile/http-push",
-            callback,
+            Some(callback),
         ),
     };
     let (status, is_async) = dp.prepare(msg).await.expect("prepare");
@@ -122,8 +110,9 @@ async fn started_later(dp: &DataPlane, process: &str, callback: &str) -> String 
     let msg = StartMessage {
         flow: flow_message(
             process,
+            "dataset",
             "https://w3id.org/dspace-sig/profile/http-pull",
-            callback,
+            Some(callback),
         ),
         data_address: None,
     };
