@@ -64,15 +64,7 @@ async fn bench_push_throughput() {
     let output = dir.path().join("out.txt");
     write_lines(&input, (size_mib() / 8).max(1) << 20);
     let total = std::fs::metadata(&input).unwrap().len();
-    let provider = node(|c| {
-        c.datasets.insert("ds".into(), dataset(&input));
-    })
-    .await;
-    let consumer = node(|c| {
-        c.destinations
-            .insert("ds".into(), file_destination(&output));
-    })
-    .await;
+    let (provider, consumer) = provider_and_consumer(&input, &output, "ds").await;
     let (prepared, _) = consumer
         .dp
         .prepare(prepare("bench-c", "ds", PUSH, None))

@@ -164,15 +164,7 @@ async fn consumer_pull_writes_the_file_and_reports_completed() {
     let output = dir.path().join("out.txt");
     write_lines(&input, 10 << 20);
     let (cp, received) = control_plane().await;
-    let provider = node(|c| {
-        c.datasets.insert("ds".into(), dataset(&input));
-    })
-    .await;
-    let consumer = node(|c| {
-        c.destinations
-            .insert(PULL.into(), file_destination(&output));
-    })
-    .await;
+    let (provider, consumer) = provider_and_consumer(&input, &output, PULL).await;
     let (prepared, _) = consumer
         .dp
         .prepare(prepare("cpull-1", "ds", PULL, Some(&cp)))

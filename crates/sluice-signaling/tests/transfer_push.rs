@@ -18,15 +18,7 @@ async fn provider_push_arrives_byte_identical_at_a_consumer_push_flow() {
     let output = dir.path().join("out.txt");
     write_lines(&input, 10 << 20);
     let (cp, received) = control_plane().await;
-    let provider = node(|c| {
-        c.datasets.insert("ds".into(), dataset(&input));
-    })
-    .await;
-    let consumer = node(|c| {
-        c.destinations
-            .insert("ds".into(), file_destination(&output));
-    })
-    .await;
+    let (provider, consumer) = provider_and_consumer(&input, &output, "ds").await;
 
     let (prepared, is_async) = consumer
         .dp

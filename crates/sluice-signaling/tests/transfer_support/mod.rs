@@ -139,6 +139,21 @@ pub async fn node_on(store: Arc<dyn Store>, configure: impl FnOnce(&mut Transfer
     }
 }
 
+/// A provider serving `input` as dataset `ds`, and a consumer writing what it receives for
+/// `destination` (a dataset id or a profile) to `output`.
+pub async fn provider_and_consumer(input: &Path, output: &Path, destination: &str) -> (Node, Node) {
+    let provider = node(|c| {
+        c.datasets.insert("ds".into(), dataset(input));
+    })
+    .await;
+    let consumer = node(|c| {
+        c.destinations
+            .insert(destination.into(), file_destination(output));
+    })
+    .await;
+    (provider, consumer)
+}
+
 pub fn flow_message(
     process: &str,
     dataset: &str,
