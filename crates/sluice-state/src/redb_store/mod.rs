@@ -7,10 +7,16 @@
 //! twice — not after a delete and re-create, not after a reopen — and the counter doubles as the
 //! global revision a later watch API needs.
 //!
-//! Writes run on tokio's blocking pool, one write transaction per call, and commit with
-//! [`redb::Durability::Immediate`] (fsync before they return); [`Store::set_many`],
-//! [`Store::delete_many`] and [`Store::multi`] commit a whole batch with one fsync. A call that
-//! changes nothing (a rejected write, a delete of a missing key) commits nothing.
+//! Writes run on tokio's blocking pool, one write transaction per call. A write is durable when
+//! it returns: it is appended to a write-ahead log beside the file (`<file>.wal`, see [`wal`]),
+//! committed to redb without an fsync of the file, and answered once an `fdatasync` of the log
+//! covers it — concurrent writes share one. The file itself is made durable by a checkpoint every
+//! [`CHECKPOINT_BYTES`] or [`CHECKPOINT_RECORDS`] of log, after which the log is emptied; opening
+//! the store replays the records a crash left in the log. A write becomes visible to readers once
+//! it is in the log (a crash of the process from then on no longer loses it), a moment before it
+//! is on disk and answered. [`Store::set_many`], [`Store::delete_many`] and [`Store::multi`]
+//! commit a whole batch as one record. A call that changes nothing (a rejected write, a delete of
+//! a missing key) commits nothing.
 //!
 //! Reads run inline on the calling task. A get is one short redb read transaction served from
 //! redb's own page cache (about 1 µs); a `spawn_blocking` round trip per get measured 10–20×
@@ -38,9 +44,11 @@ mod errors;
 mod reader;
 mod record;
 mod tables;
+mod wal;
 mod writer;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
@@ -55,8 +63,15 @@ use crate::watch::{
     Snapshot, DEFAULT_REAP_INTERVAL,
 };
 use errors::{backend_error, op_error, open_error, BACKEND};
-use tables::{CHANGES, DEADLINES, ITEMS, META};
+use tables::{Tables, CHANGES, DEADLINES, ITEMS, META, WAL_APPLIED};
+use wal::Wal;
 use writer::Writer;
+
+/// A checkpoint (a durable redb commit, after which the log is emptied) is taken by the first
+/// commit once the log holds this many bytes…
+const CHECKPOINT_BYTES: u64 = 32 << 20;
+/// …or this many records.
+const CHECKPOINT_RECORDS: u64 = 8192;
 
 /// Expired items a write transaction sweeps besides its own work.
 const SWEEP_PER_WRITE: usize = 32;
@@ -82,6 +97,10 @@ pub struct RedbStore {
 struct RedbFeed {
     db: Database,
     path: PathBuf,
+    wal: Wal,
+    /// The sequence number of the last log record (read and written only while holding redb's
+    /// write transaction).
+    last_lsn: AtomicU64,
     retention: Retention,
     notifier: RevisionNotifier,
 }
@@ -120,14 +139,20 @@ impl RedbStore {
             })?;
         }
         let db = Database::create(&path).map_err(|e| open_error(&path, e))?;
+        create_tables(&db, &path)?;
+        let (wal, entries) = Wal::open(&path)?;
+        let last_lsn = recover(&db, &path, &wal, entries)?;
         let feed = RedbFeed {
             db,
             path,
+            wal,
+            last_lsn: AtomicU64::new(last_lsn),
             retention,
             notifier: RevisionNotifier::new(0),
         };
-        feed.create_tables()?;
-        write(&feed, |w| Ok((w.sweep(usize::MAX)?, true)))?;
+        if let (_, Some(lsn)) = write(&feed, |w| Ok((w.sweep(usize::MAX)?, true)))? {
+            feed.wal.sync_blocking(lsn)?;
+        }
         feed.notifier
             .publish(changes::current_revision(&feed.db, &feed.path)?);
         Ok(RedbStore {
@@ -159,29 +184,78 @@ impl RedbStore {
             .await
     }
 
-    /// Runs `f` in one durable write transaction on the blocking pool (see [`write`]).
+    /// Runs `f` in one write transaction on the blocking pool (see [`write`]); returns once it
+    /// is durable.
     async fn write<T, F>(&self, f: F) -> Result<T, StateError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Writer<'_>) -> Result<(T, bool), StateError> + Send + 'static,
     {
-        self.feed.blocking(move |feed| write(feed, f)).await
+        self.feed.write(f).await
     }
 }
 
+/// Creates every table so that reads never meet a missing one.
+fn create_tables(db: &Database, path: &Path) -> Result<(), StateError> {
+    let txn = begin_write(db, path, Durability::Immediate)?;
+    let created = txn
+        .open_table(ITEMS)
+        .map(drop)
+        .and_then(|()| txn.open_table(DEADLINES).map(drop))
+        .and_then(|()| txn.open_table(META).map(drop))
+        .and_then(|()| txn.open_table(CHANGES).map(drop))
+        .map_err(|e| op_error(path, "create tables in", e));
+    created?;
+    commit(txn, path)
+}
+
+/// Applies the log records the file does not have yet (commits acknowledged before a crash)
+/// in one durable commit, then empties the log; returns the last sequence number used.
+fn recover(
+    db: &Database,
+    path: &Path,
+    wal: &Wal,
+    entries: Vec<wal::Entry>,
+) -> Result<u64, StateError> {
+    let txn = begin_write(db, path, Durability::Immediate)?;
+    let (applied, last) = {
+        let mut tables = Tables::open(&txn, path)?;
+        let applied = tables.counter(WAL_APPLIED)?;
+        let mut last = applied;
+        for entry in entries.iter().filter(|e| e.lsn > applied) {
+            tables.replay(&entry.redo)?;
+            tables.set_meta(WAL_APPLIED, entry.lsn)?;
+            last = entry.lsn;
+        }
+        (applied, last)
+    };
+    if last > applied {
+        tracing::info!(
+            store = %path.display(),
+            records = last - applied,
+            "replayed the write-ahead log after an unclean stop"
+        );
+        commit(txn, path)?;
+    } else {
+        abort(txn, path)?;
+    }
+    let covered = wal.rotate()?;
+    wal.retire(covered)?;
+    Ok(last)
+}
+
 impl RedbFeed {
-    /// Creates every table so that reads never meet a missing one.
-    fn create_tables(&self) -> Result<(), StateError> {
-        let txn = begin_write(&self.db, &self.path)?;
-        let created = txn
-            .open_table(ITEMS)
-            .map(drop)
-            .and_then(|()| txn.open_table(DEADLINES).map(drop))
-            .and_then(|()| txn.open_table(META).map(drop))
-            .and_then(|()| txn.open_table(CHANGES).map(drop))
-            .map_err(|e| op_error(&self.path, "create tables in", e));
-        created?;
-        commit(txn, &self.path)
+    /// Runs `f` in one write transaction on the blocking pool; returns once it is durable.
+    async fn write<T, F>(self: &Arc<Self>, f: F) -> Result<T, StateError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Writer<'_>) -> Result<(T, bool), StateError> + Send + 'static,
+    {
+        let (answer, lsn) = self.blocking(move |feed| write(feed, f)).await?;
+        if let Some(lsn) = lsn {
+            self.wal.synced(lsn).await?;
+        }
+        Ok(answer)
     }
 
     /// Runs `f` on tokio's blocking pool.
@@ -198,11 +272,9 @@ impl RedbFeed {
 
     /// Sweeps every expired item and applies the history's age bound, in one transaction.
     async fn purge_expired(self: &Arc<Self>) -> Result<usize, StateError> {
-        self.blocking(|feed| {
-            write(feed, |w| {
-                let swept = w.sweep(usize::MAX)?;
-                Ok((swept, true))
-            })
+        self.write(|w| {
+            let swept = w.sweep(usize::MAX)?;
+            Ok((swept, true))
         })
         .await
     }
@@ -241,7 +313,7 @@ impl ChangeFeed for Arc<RedbFeed> {
     }
 
     async fn compact(&self, through: u64) -> Result<u64, StateError> {
-        self.blocking(move |f| write(f, |w| Ok((w.compact_through(through)?, true))))
+        self.write(move |w| Ok((w.compact_through(through)?, true)))
             .await
     }
 }
@@ -423,47 +495,89 @@ impl Store for RedbStore {
     }
 }
 
-/// Runs `f` in one durable write transaction. `f` returns its answer and whether to keep its
-/// changes; they are committed only if it says so and something changed, else the transaction is
-/// aborted (no fsync). A backend error from `f` aborts too.
+/// Runs `f` in one write transaction; returns its answer and, if the commit still has to wait
+/// for the log to reach the disk, the sequence number to wait for ([`Wal::synced`]). `f` returns
+/// its answer and whether to keep its changes; they are committed only if it says so and
+/// something changed, else the transaction is aborted (nothing written). A backend error from
+/// `f` aborts too.
+///
+/// A kept transaction is appended to the write-ahead log, then committed to redb without an
+/// fsync of its own: visible to readers from then on (it is in the log, so a crash of the
+/// process no longer loses it), durable once the log's syncer has run. Every so often a commit
+/// is made durable in the file itself instead (a checkpoint) and the log's older segments
+/// deleted.
 ///
 /// Once committed, the transaction's revision is published to watchers. redb runs one write
-/// transaction at a time, so revisions commit in order and a reader woken by revision R sees
-/// every revision up to R.
+/// transaction at a time, so log records and revisions are in commit order and a reader woken by
+/// revision R sees every revision up to R.
 fn write<T>(
     feed: &RedbFeed,
     f: impl FnOnce(&mut Writer<'_>) -> Result<(T, bool), StateError>,
-) -> Result<T, StateError> {
+) -> Result<(T, Option<u64>), StateError> {
     let path = feed.path.as_path();
-    let txn = begin_write(&feed.db, path)?;
-    let (answer, keep, revision) = {
+    let mut txn = begin_write(&feed.db, path, Durability::None)?;
+    let lsn = feed.last_lsn.load(Ordering::Acquire) + 1;
+    let (answer, redo, revision) = {
         let mut w = Writer::open(&txn, path, feed.retention)?;
         let (answer, keep) = f(&mut w)?;
         let (changed, revision) = w.finish()?;
-        (answer, keep && changed, revision)
+        let redo = if keep && changed {
+            Some(w.seal(lsn)?)
+        } else {
+            None
+        };
+        (answer, redo, revision)
     };
-    if keep {
-        commit(txn, path)?;
-        if let Some(revision) = revision {
-            feed.notifier.publish(revision);
-        }
-    } else {
+    let Some(redo) = redo else {
         abort(txn, path)?;
+        return Ok((answer, None));
+    };
+    let (log_bytes, log_records) = feed.wal.size();
+    let checkpoint = log_bytes >= CHECKPOINT_BYTES || log_records >= CHECKPOINT_RECORDS;
+    if checkpoint {
+        // The log's records so far become redundant once this commit is durable in the file.
+        let covered = feed.wal.rotate()?;
+        txn.set_durability(Durability::Immediate)
+            .map_err(|e| op_error(path, "set durability on", e))?;
+        feed.last_lsn.store(lsn, Ordering::Release);
+        commit(txn, path)?;
+        publish(feed, revision);
+        feed.wal.retire(covered)?;
+        return Ok((answer, None));
     }
-    Ok(answer)
+    feed.wal.append(lsn, &redo)?;
+    // Before the commit lets the next writer in. A failed commit leaves a gap in the numbers.
+    feed.last_lsn.store(lsn, Ordering::Release);
+    if let Err(failed) = commit(txn, path) {
+        feed.wal.retract(lsn, redo.len())?;
+        return Err(failed);
+    }
+    publish(feed, revision);
+    Ok((answer, Some(lsn)))
 }
 
-/// Begins a write transaction that is durable when its commit returns.
-fn begin_write(db: &Database, path: &Path) -> Result<WriteTransaction, StateError> {
+/// Wakes the watchers waiting for `revision`.
+fn publish(feed: &RedbFeed, revision: Option<u64>) {
+    if let Some(revision) = revision {
+        feed.notifier.publish(revision);
+    }
+}
+
+/// Begins a write transaction with `durability`.
+fn begin_write(
+    db: &Database,
+    path: &Path,
+    durability: Durability,
+) -> Result<WriteTransaction, StateError> {
     let mut txn = db
         .begin_write()
         .map_err(|e| op_error(path, "begin a write transaction on", e))?;
-    txn.set_durability(Durability::Immediate)
+    txn.set_durability(durability)
         .map_err(|e| op_error(path, "set durability on", e))?;
     Ok(txn)
 }
 
-/// Commits durably.
+/// Commits (durably or not, as the transaction was begun).
 fn commit(txn: WriteTransaction, path: &Path) -> Result<(), StateError> {
     txn.commit().map_err(|e| op_error(path, "commit to", e))
 }

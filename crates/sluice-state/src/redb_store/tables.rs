@@ -1,6 +1,13 @@
-//! The tables of the store file.
+//! The tables of the store file, and the one place they are changed: [`Tables`] applies each
+//! change to the write transaction and appends it to a redo record, which the write-ahead log
+//! (see [`super::wal`]) makes durable and replays after a crash.
 
-use redb::TableDefinition;
+use std::path::Path;
+
+use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
+
+use super::errors::{backend_error, op_error};
+use crate::error::StateError;
 
 /// Key → record (see [`super::record`]).
 pub(super) const ITEMS: TableDefinition<&str, &[u8]> = TableDefinition::new("items");
@@ -17,3 +24,224 @@ pub(super) const LAST_VERSION: &str = "last_version";
 pub(super) const CHANGES: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("changes");
 /// The `meta` key holding the highest revision dropped from [`CHANGES`] (0: none).
 pub(super) const COMPACTED_THROUGH: &str = "compacted_through";
+/// The `meta` key holding the sequence number of the last log record applied to the file.
+pub(super) const WAL_APPLIED: &str = "wal_applied";
+
+/// Redo operation tags.
+const PUT_ITEM: u8 = 1;
+const DEL_ITEM: u8 = 2;
+const PUT_DEADLINE: u8 = 3;
+const DEL_DEADLINE: u8 = 4;
+const SET_META: u8 = 5;
+const PUT_CHANGE: u8 = 6;
+const DROP_CHANGES_THROUGH: u8 = 7;
+
+/// The tables of one write transaction; every change goes through its methods so that the redo
+/// record holds exactly what the transaction did.
+pub(super) struct Tables<'t> {
+    pub(super) items: Table<'t, &'static str, &'static [u8]>,
+    pub(super) deadlines: Table<'t, (u64, &'static str), ()>,
+    pub(super) meta: Table<'t, &'static str, u64>,
+    pub(super) changes: Table<'t, (u64, u32), &'static [u8]>,
+    path: &'t Path,
+    redo: Vec<u8>,
+}
+
+impl<'t> Tables<'t> {
+    /// Opens every table of `txn`.
+    pub(super) fn open(txn: &'t WriteTransaction, path: &'t Path) -> Result<Self, StateError> {
+        Ok(Tables {
+            items: txn
+                .open_table(ITEMS)
+                .map_err(|e| op_error(path, "open the items table of", e))?,
+            deadlines: txn
+                .open_table(DEADLINES)
+                .map_err(|e| op_error(path, "open the deadlines table of", e))?,
+            meta: txn
+                .open_table(META)
+                .map_err(|e| op_error(path, "open the meta table of", e))?,
+            changes: txn
+                .open_table(CHANGES)
+                .map_err(|e| op_error(path, "open the changes table of", e))?,
+            path,
+            redo: Vec::new(),
+        })
+    }
+
+    /// The changes made so far, as a redo record for [`Tables::replay`].
+    pub(super) fn take_redo(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.redo)
+    }
+
+    /// A counter, 0 if it was never written.
+    pub(super) fn counter(&self, name: &str) -> Result<u64, StateError> {
+        Ok(self
+            .meta
+            .get(name)
+            .map_err(|e| op_error(self.path, "read the counters of", e))?
+            .map_or(0, |g| g.value()))
+    }
+
+    pub(super) fn put_item(&mut self, key: &str, record: &[u8]) -> Result<(), StateError> {
+        self.items
+            .insert(key, record)
+            .map_err(|e| op_error(self.path, "write to", e))?;
+        self.redo.push(PUT_ITEM);
+        self.log_bytes(key.as_bytes())?;
+        self.log_bytes(record)?;
+        Ok(())
+    }
+
+    pub(super) fn del_item(&mut self, key: &str) -> Result<(), StateError> {
+        self.items
+            .remove(key)
+            .map_err(|e| op_error(self.path, "delete from", e))?;
+        self.redo.push(DEL_ITEM);
+        self.log_bytes(key.as_bytes())?;
+        Ok(())
+    }
+
+    pub(super) fn put_deadline(&mut self, at: u64, key: &str) -> Result<(), StateError> {
+        self.deadlines
+            .insert((at, key), ())
+            .map_err(|e| op_error(self.path, "write a deadline to", e))?;
+        self.redo.push(PUT_DEADLINE);
+        self.redo.extend_from_slice(&at.to_le_bytes());
+        self.log_bytes(key.as_bytes())?;
+        Ok(())
+    }
+
+    pub(super) fn del_deadline(&mut self, at: u64, key: &str) -> Result<(), StateError> {
+        self.deadlines
+            .remove((at, key))
+            .map_err(|e| op_error(self.path, "delete a deadline from", e))?;
+        self.redo.push(DEL_DEADLINE);
+        self.redo.extend_from_slice(&at.to_le_bytes());
+        self.log_bytes(key.as_bytes())?;
+        Ok(())
+    }
+
+    pub(super) fn set_meta(&mut self, name: &str, value: u64) -> Result<(), StateError> {
+        self.meta
+            .insert(name, value)
+            .map_err(|e| op_error(self.path, "write the counters of", e))?;
+        self.redo.push(SET_META);
+        self.log_bytes(name.as_bytes())?;
+        self.redo.extend_from_slice(&value.to_le_bytes());
+        Ok(())
+    }
+
+    pub(super) fn put_change(
+        &mut self,
+        revision: u64,
+        seq: u32,
+        change: &[u8],
+    ) -> Result<(), StateError> {
+        self.changes
+            .insert((revision, seq), change)
+            .map_err(|e| op_error(self.path, "write a change to", e))?;
+        self.redo.push(PUT_CHANGE);
+        self.redo.extend_from_slice(&revision.to_le_bytes());
+        self.redo.extend_from_slice(&seq.to_le_bytes());
+        self.log_bytes(change)?;
+        Ok(())
+    }
+
+    /// Drops every change with a revision ≤ `through`.
+    pub(super) fn drop_changes_through(&mut self, through: u64) -> Result<(), StateError> {
+        self.changes
+            .retain_in((0u64, 0u32)..=(through, u32::MAX), |_, _| false)
+            .map_err(|e| op_error(self.path, "compact the changes of", e))?;
+        self.redo.push(DROP_CHANGES_THROUGH);
+        self.redo.extend_from_slice(&through.to_le_bytes());
+        Ok(())
+    }
+
+    /// Appends `bytes` with its length to the redo record.
+    fn log_bytes(&mut self, bytes: &[u8]) -> Result<(), StateError> {
+        let len = u32::try_from(bytes.len()).map_err(|_| {
+            backend_error(format!(
+                "cannot write {} bytes to {}: a key or value must be under 4 GiB",
+                bytes.len(),
+                self.path.display()
+            ))
+        })?;
+        self.redo.extend_from_slice(&len.to_le_bytes());
+        self.redo.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    /// Applies a redo record made by [`Tables::take_redo`] (and appends it to this one's).
+    pub(super) fn replay(&mut self, mut redo: &[u8]) -> Result<(), StateError> {
+        let path = self.path;
+        let bad = |what: &str| {
+            backend_error(format!(
+                "the write-ahead log of {} holds a bad record ({what})",
+                path.display()
+            ))
+        };
+        while let Some((&tag, rest)) = redo.split_first() {
+            redo = rest;
+            match tag {
+                PUT_ITEM => {
+                    let key = take_str(&mut redo).ok_or_else(|| bad("item key"))?;
+                    let record = take_bytes(&mut redo).ok_or_else(|| bad("item record"))?;
+                    self.put_item(key, record)?;
+                }
+                DEL_ITEM => {
+                    let key = take_str(&mut redo).ok_or_else(|| bad("item key"))?;
+                    self.del_item(key)?;
+                }
+                PUT_DEADLINE | DEL_DEADLINE => {
+                    let at = take_u64(&mut redo).ok_or_else(|| bad("deadline"))?;
+                    let key = take_str(&mut redo).ok_or_else(|| bad("deadline key"))?;
+                    if tag == PUT_DEADLINE {
+                        self.put_deadline(at, key)?;
+                    } else {
+                        self.del_deadline(at, key)?;
+                    }
+                }
+                SET_META => {
+                    let name = take_str(&mut redo).ok_or_else(|| bad("counter name"))?;
+                    let value = take_u64(&mut redo).ok_or_else(|| bad("counter"))?;
+                    self.set_meta(name, value)?;
+                }
+                PUT_CHANGE => {
+                    let revision = take_u64(&mut redo).ok_or_else(|| bad("revision"))?;
+                    let seq = take_u32(&mut redo).ok_or_else(|| bad("change position"))?;
+                    let change = take_bytes(&mut redo).ok_or_else(|| bad("change"))?;
+                    self.put_change(revision, seq, change)?;
+                }
+                DROP_CHANGES_THROUGH => {
+                    let through = take_u64(&mut redo).ok_or_else(|| bad("revision"))?;
+                    self.drop_changes_through(through)?;
+                }
+                other => return Err(bad(&format!("unknown operation {other}"))),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn take_u32(input: &mut &[u8]) -> Option<u32> {
+    let (head, rest) = input.split_first_chunk::<4>()?;
+    *input = rest;
+    Some(u32::from_le_bytes(*head))
+}
+
+fn take_u64(input: &mut &[u8]) -> Option<u64> {
+    let (head, rest) = input.split_first_chunk::<8>()?;
+    *input = rest;
+    Some(u64::from_le_bytes(*head))
+}
+
+fn take_bytes<'a>(input: &mut &'a [u8]) -> Option<&'a [u8]> {
+    let len = take_u32(input)? as usize;
+    let bytes = input.get(..len)?;
+    *input = &input[len..];
+    Some(bytes)
+}
+
+fn take_str<'a>(input: &mut &'a [u8]) -> Option<&'a str> {
+    std::str::from_utf8(take_bytes(input)?).ok()
+}

@@ -6,12 +6,12 @@ use std::path::Path;
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use redb::{ReadableTable, ReadableTableMetadata, Table, WriteTransaction};
+use redb::{ReadableTable, ReadableTableMetadata, WriteTransaction};
 
 use super::changes;
 use super::errors::{backend_error, corrupt, op_error};
 use super::record;
-use super::tables::{CHANGES, COMPACTED_THROUGH, DEADLINES, ITEMS, LAST_VERSION, META};
+use super::tables::{Tables, COMPACTED_THROUGH, LAST_VERSION, WAL_APPLIED};
 use crate::error::StateError;
 use crate::etag;
 use crate::keys;
@@ -26,10 +26,7 @@ pub(super) type Checked<T> = Result<Result<T, StateError>, StateError>;
 
 /// The tables of one write transaction, opened once for all its requests.
 pub(super) struct Writer<'t> {
-    items: Table<'t, &'static str, &'static [u8]>,
-    deadlines: Table<'t, (u64, &'static str), ()>,
-    meta: Table<'t, &'static str, u64>,
-    changes: Table<'t, (u64, u32), &'static [u8]>,
+    t: Tables<'t>,
     path: &'t Path,
     retention: Retention,
     /// Changes made so far, recorded by [`Writer::finish`].
@@ -56,29 +53,11 @@ impl<'t> Writer<'t> {
         path: &'t Path,
         retention: Retention,
     ) -> Result<Self, StateError> {
-        let items = txn
-            .open_table(ITEMS)
-            .map_err(|e| op_error(path, "open the items table of", e))?;
-        let deadlines = txn
-            .open_table(DEADLINES)
-            .map_err(|e| op_error(path, "open the deadlines table of", e))?;
-        let meta = txn
-            .open_table(META)
-            .map_err(|e| op_error(path, "open the meta table of", e))?;
-        let changes = txn
-            .open_table(CHANGES)
-            .map_err(|e| op_error(path, "open the changes table of", e))?;
-        let last_version = meta
-            .get(LAST_VERSION)
-            .map_err(|e| op_error(path, "read the version counter of", e))?
-            .map(|g| g.value())
-            .unwrap_or(0);
+        let t = Tables::open(txn, path)?;
+        let last_version = t.counter(LAST_VERSION)?;
         let now = SystemTime::now();
         Ok(Writer {
-            items,
-            deadlines,
-            meta,
-            changes,
+            t,
             path,
             retention,
             pending: Vec::new(),
@@ -93,17 +72,23 @@ impl<'t> Writer<'t> {
     /// Records the pending changes at the transaction's revision, applies the retention, and
     /// writes the counters back; returns whether the transaction changed anything (if not, it
     /// need not be committed) and the revision its changes carry, if any.
-    pub(super) fn finish(mut self) -> Result<(bool, Option<u64>), StateError> {
+    pub(super) fn finish(&mut self) -> Result<(bool, Option<u64>), StateError> {
         let revision = self.record_pending()?;
         if self.enforce_retention()? {
             self.changed = true;
         }
         if self.version_moved {
-            self.meta
-                .insert(LAST_VERSION, self.last_version)
-                .map_err(|e| op_error(self.path, "write the version counter of", e))?;
+            self.t.set_meta(LAST_VERSION, self.last_version)?;
+            self.version_moved = false;
         }
         Ok((self.changed, revision))
+    }
+
+    /// Notes that the transaction carries log record `lsn`; returns the redo record of
+    /// everything it changed (see [`Tables::take_redo`]).
+    pub(super) fn seal(&mut self, lsn: u64) -> Result<Vec<u8>, StateError> {
+        self.t.set_meta(WAL_APPLIED, lsn)?;
+        Ok(self.t.take_redo())
     }
 
     /// Writes the pending changes to the history at the current counter; returns it.
@@ -122,12 +107,8 @@ impl<'t> Writer<'t> {
                     self.path.display()
                 ))
             })?;
-            self.changes
-                .insert(
-                    (revision, seq),
-                    changes::encode(change, self.now_ms).as_slice(),
-                )
-                .map_err(|e| op_error(self.path, "write a change to", e))?;
+            self.t
+                .put_change(revision, seq, &changes::encode(change, self.now_ms))?;
         }
         self.changed = true;
         Ok(Some(revision))
@@ -139,6 +120,7 @@ impl<'t> Writer<'t> {
         if let Some(max) = self.retention.max_changes {
             let max = max as u64;
             while self
+                .t
                 .changes
                 .len()
                 .map_err(|e| op_error(self.path, "count the changes of", e))?
@@ -160,6 +142,7 @@ impl<'t> Writer<'t> {
     /// The commit time of the oldest change held.
     fn oldest_change_ms(&self) -> Result<Option<u64>, StateError> {
         let first = self
+            .t
             .changes
             .first()
             .map_err(|e| op_error(self.path, "read the changes of", e))?;
@@ -174,6 +157,7 @@ impl<'t> Writer<'t> {
     /// Drops every change of the oldest revision held; returns whether there was one.
     fn drop_oldest_revision(&mut self) -> Result<bool, StateError> {
         let first = self
+            .t
             .changes
             .first()
             .map_err(|e| op_error(self.path, "read the changes of", e))?
@@ -189,19 +173,11 @@ impl<'t> Writer<'t> {
     /// smallest revision a reader can now ask changes after.
     pub(super) fn compact_through(&mut self, through: u64) -> Result<u64, StateError> {
         let through = through.min(self.last_version);
-        self.changes
-            .retain_in((0u64, 0u32)..=(through, u32::MAX), |_, _| false)
-            .map_err(|e| op_error(self.path, "compact the changes of", e))?;
-        let before = self
-            .meta
-            .get(COMPACTED_THROUGH)
-            .map_err(|e| op_error(self.path, "read the counters of", e))?
-            .map_or(0, |g| g.value());
+        self.t.drop_changes_through(through)?;
+        let before = self.t.counter(COMPACTED_THROUGH)?;
         let now = before.max(through);
         if now != before {
-            self.meta
-                .insert(COMPACTED_THROUGH, now)
-                .map_err(|e| op_error(self.path, "write the counters of", e))?;
+            self.t.set_meta(COMPACTED_THROUGH, now)?;
             self.changed = true;
         }
         Ok(now)
@@ -221,6 +197,7 @@ impl<'t> Writer<'t> {
     /// The value stored at `key`, expired or not.
     fn stored_value(&self, key: &str) -> Result<Option<Bytes>, StateError> {
         let guard = self
+            .t
             .items
             .get(key)
             .map_err(|e| op_error(self.path, "read from", e))?;
@@ -236,6 +213,7 @@ impl<'t> Writer<'t> {
     /// What is stored at `key`, expired or not.
     fn stored(&self, key: &str) -> Result<Option<Stored>, StateError> {
         let guard = self
+            .t
             .items
             .get(key)
             .map_err(|e| op_error(self.path, "read from", e))?;
@@ -272,13 +250,9 @@ impl<'t> Writer<'t> {
 
     /// Removes the item at `key` and its deadline entry.
     fn remove(&mut self, key: &str, stored: &Stored) -> Result<(), StateError> {
-        self.items
-            .remove(key)
-            .map_err(|e| op_error(self.path, "delete from", e))?;
+        self.t.del_item(key)?;
         if let Some(at) = stored.expires_ms {
-            self.deadlines
-                .remove((at, key))
-                .map_err(|e| op_error(self.path, "delete a deadline from", e))?;
+            self.t.del_deadline(at, key)?;
         }
         self.changed = true;
         Ok(())
@@ -334,22 +308,14 @@ impl<'t> Writer<'t> {
         let old_deadline = old.as_ref().and_then(|s| s.expires_ms);
         let version = self.next_version()?;
         let expires_ms = req.ttl.map(|t| ttl::expiry_millis(self.now, t));
-        self.items
-            .insert(
-                key,
-                record::encode(version, expires_ms, &req.value).as_slice(),
-            )
-            .map_err(|e| op_error(self.path, "write to", e))?;
+        self.t
+            .put_item(key, &record::encode(version, expires_ms, &req.value))?;
         if old_deadline != expires_ms {
             if let Some(at) = old_deadline {
-                self.deadlines
-                    .remove((at, key))
-                    .map_err(|e| op_error(self.path, "delete a deadline from", e))?;
+                self.t.del_deadline(at, key)?;
             }
             if let Some(at) = expires_ms {
-                self.deadlines
-                    .insert((at, key), ())
-                    .map_err(|e| op_error(self.path, "write a deadline to", e))?;
+                self.t.put_deadline(at, key)?;
             }
         }
         let prev_value = match (old.map(|s| s.live), old_value) {
@@ -412,6 +378,7 @@ impl<'t> Writer<'t> {
         let doomed: Vec<String> = {
             let mut doomed = Vec::new();
             let range = self
+                .t
                 .items
                 .range(prefix..)
                 .map_err(|e| op_error(self.path, "scan", e))?;
@@ -441,6 +408,7 @@ impl<'t> Writer<'t> {
         let due: Vec<(u64, String)> = {
             let mut due = Vec::new();
             let range = self
+                .t
                 .deadlines
                 .range((0, "")..(self.now_ms.saturating_add(1), ""))
                 .map_err(|e| op_error(self.path, "scan the deadlines of", e))?;
@@ -453,16 +421,12 @@ impl<'t> Writer<'t> {
             due
         };
         for (at, key) in &due {
-            self.deadlines
-                .remove((*at, key.as_str()))
-                .map_err(|e| op_error(self.path, "delete a deadline from", e))?;
+            self.t.del_deadline(*at, key)?;
             // The index is exact, but a record is checked before it goes: only an item that
             // still holds this deadline is expired.
             if self.stored(key)?.is_some_and(|s| s.expires_ms == Some(*at)) {
                 let prev = self.stored_value(key)?;
-                self.items
-                    .remove(key.as_str())
-                    .map_err(|e| op_error(self.path, "delete from", e))?;
+                self.t.del_item(key)?;
                 self.next_version()?;
                 self.record(key, Op::Delete, None, prev);
             }

@@ -1,0 +1,590 @@
+//! The write-ahead log beside the store file: what makes a commit durable without an fsync of
+//! the redb file per commit.
+//!
+//! Each committed write transaction appends one record — its sequence number and its redo
+//! record (see [`super::tables::Tables`]) — and waits until an `fdatasync` of the log covers it.
+//! Concurrent commits share one `fdatasync` (the first waiter syncs for everyone appended so
+//! far). The log is a series of segment files, `<store file>.wal-<n>`. A checkpoint (a durable
+//! redb commit) first moves appends to a new segment, then commits, then deletes the older
+//! segments, whose records the file now holds — so records appended by commits that follow the
+//! checkpoint's are never lost with them. Opening the store replays the records the file does
+//! not have yet.
+//!
+//! On disk a record is its payload length (`u32`), the CRC-32 of the payload (`u32`), then the
+//! payload: the sequence number (`u64`) and the redo record, all little-endian. A record cut
+//! short or failing its checksum at the end of the last segment is a torn tail after a crash: it
+//! is dropped, as no commit waiting on it was acknowledged. Anywhere else it is damage, and the
+//! store refuses to open rather than skip acknowledged commits.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::{Condvar, Mutex};
+
+use super::errors::backend_error;
+use crate::error::StateError;
+
+/// Bytes before a record's payload.
+const HEADER: usize = 4 + 4;
+
+/// One record read back from the log.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct Entry {
+    /// Its sequence number.
+    pub(super) lsn: u64,
+    /// Its redo record.
+    pub(super) redo: Vec<u8>,
+}
+
+/// An open log: appends under a lock; a syncer thread of its own runs `fdatasync` whenever
+/// records are waiting, one for all of them, and publishes how far the log is on disk.
+pub(super) struct Wal {
+    shared: Arc<Shared>,
+    syncer: Option<std::thread::JoinHandle<()>>,
+}
+
+/// What the store's writers and the syncer share.
+struct Shared {
+    /// The store file the segments are named after.
+    base: PathBuf,
+    appender: Mutex<Appender>,
+    /// Wakes the syncer when a record is appended (or the log is closed).
+    appended_cond: Condvar,
+    /// How far the log is on disk; writers wait on it.
+    status: tokio::sync::watch::Sender<SyncStatus>,
+}
+
+/// The segment being appended to.
+struct Appender {
+    file: Arc<File>,
+    number: u64,
+    /// Bytes in the segment.
+    len: u64,
+    /// Records in the segment.
+    records: u64,
+    /// The highest sequence number appended.
+    appended: u64,
+    /// The log is being closed: the syncer stops.
+    closing: bool,
+}
+
+/// How far the log is on disk.
+#[derive(Clone, Debug, Default)]
+struct SyncStatus {
+    /// Every record up to this sequence number is on disk.
+    synced: u64,
+    /// The log failed (a sync, or taking back a record): its state on disk is unknown, so every
+    /// later commit fails.
+    failed: Option<String>,
+}
+
+impl Wal {
+    /// Opens the log of the store file `base`: reads every segment, returns the intact records
+    /// in order, and appends to the last segment from its last whole record on.
+    pub(super) fn open(base: &Path) -> Result<(Wal, Vec<Entry>), StateError> {
+        let numbers = segment_numbers(base)?;
+        let mut entries = Vec::new();
+        for (at, &number) in numbers.iter().enumerate() {
+            let path = segment_path(base, number);
+            let bytes = std::fs::read(&path).map_err(|e| io_error(&path, "read", e))?;
+            let (mut found, intact) = decode_all(&bytes);
+            entries.append(&mut found);
+            if intact < bytes.len() {
+                if at + 1 < numbers.len() {
+                    return Err(backend_error(format!(
+                        "the write-ahead log segment {} is damaged at byte {intact} and is not the last one; \
+                         the store will not open without the commits after that point (restore it or remove \
+                         the segment to accept their loss)",
+                        path.display()
+                    )));
+                }
+                tracing::warn!(
+                    log = %path.display(),
+                    dropped_bytes = bytes.len() - intact,
+                    "the write-ahead log ends in a torn record (a crash during a commit that was not acknowledged); dropping it"
+                );
+            }
+        }
+        let number = numbers.last().copied().unwrap_or(1);
+        let path = segment_path(base, number);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| io_error(&path, "open", e))?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)
+            .map_err(|e| io_error(&path, "read", e))?;
+        let (own, intact) = decode_all(&bytes);
+        if intact < bytes.len() {
+            file.set_len(intact as u64)
+                .and_then(|()| file.sync_data())
+                .map_err(|e| io_error(&path, "truncate", e))?;
+        }
+        file.seek(SeekFrom::Start(intact as u64))
+            .map_err(|e| io_error(&path, "seek in", e))?;
+        if numbers.is_empty() {
+            sync_dir(base)?;
+        }
+        let last = entries.last().map_or(0, |e| e.lsn);
+        let (status, _) = tokio::sync::watch::channel(SyncStatus {
+            synced: last,
+            failed: None,
+        });
+        let shared = Arc::new(Shared {
+            appender: Mutex::new(Appender {
+                file: Arc::new(file),
+                number,
+                len: intact as u64,
+                records: own.len() as u64,
+                appended: last,
+                closing: false,
+            }),
+            appended_cond: Condvar::new(),
+            status,
+            base: base.to_path_buf(),
+        });
+        let syncer = {
+            let shared = Arc::clone(&shared);
+            std::thread::Builder::new()
+                .name("sluice-wal-sync".into())
+                .spawn(move || shared.sync_loop())
+                .map_err(|e| io_error(base, "start the syncer thread of", e))?
+        };
+        let wal = Wal {
+            shared,
+            syncer: Some(syncer),
+        };
+        Ok((wal, entries))
+    }
+
+    /// Bytes and records in the segment being appended to.
+    pub(super) fn size(&self) -> (u64, u64) {
+        let appender = self.shared.appender.lock();
+        (appender.len, appender.records)
+    }
+
+    /// Appends record `lsn` and wakes the syncer (it is durable once [`Wal::synced`] says so).
+    /// Records must be appended in sequence order; the store appends while holding redb's write
+    /// transaction.
+    pub(super) fn append(&self, lsn: u64, redo: &[u8]) -> Result<(), StateError> {
+        let shared = &self.shared;
+        shared.check_failed()?;
+        let payload_len = 8 + redo.len();
+        let len = u32::try_from(payload_len).map_err(|_| {
+            backend_error(format!(
+                "a commit of {payload_len} bytes is too large for the write-ahead log of {} (4 GiB at most)",
+                shared.base.display()
+            ))
+        })?;
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&lsn.to_le_bytes());
+        crc.update(redo);
+        let mut record = Vec::with_capacity(HEADER + payload_len);
+        record.extend_from_slice(&len.to_le_bytes());
+        record.extend_from_slice(&crc.finalize().to_le_bytes());
+        record.extend_from_slice(&lsn.to_le_bytes());
+        record.extend_from_slice(redo);
+        let mut appender = shared.appender.lock();
+        if let Err(e) = (&*appender.file).write_all(&record) {
+            let path = segment_path(&shared.base, appender.number);
+            // Part of the record may be in the file: cut it off so that later records follow
+            // the last whole one.
+            let whole = appender.len;
+            if let Err(why) = appender.cut_to(whole) {
+                drop(appender);
+                shared.fail(format!("cannot cut off a partly appended record: {why}"));
+            }
+            return Err(io_error(&path, "append to", e));
+        }
+        appender.len += record.len() as u64;
+        appender.records += 1;
+        appender.appended = lsn;
+        shared.appended_cond.notify_one();
+        Ok(())
+    }
+
+    /// Takes back record `lsn`, the last one appended, whose transaction failed to commit, so
+    /// that it is never replayed.
+    pub(super) fn retract(&self, lsn: u64, redo_len: usize) -> Result<(), StateError> {
+        let shared = &self.shared;
+        let mut appender = shared.appender.lock();
+        let len = appender.len.saturating_sub((HEADER + 8 + redo_len) as u64);
+        if let Err(e) = appender.cut_to(len) {
+            drop(appender);
+            let why = format!("cannot take back record {lsn} of a failed commit: {e}");
+            shared.fail(why.clone());
+            return Err(shared.failed_error(&why));
+        }
+        appender.len = len;
+        appender.records = appender.records.saturating_sub(1);
+        appender.appended = lsn.saturating_sub(1);
+        Ok(())
+    }
+
+    /// Returns once every record up to `lsn` is on disk (the syncer's next `fdatasync`).
+    pub(super) async fn synced(&self, lsn: u64) -> Result<(), StateError> {
+        let mut status = self.shared.status.subscribe();
+        let reached = status
+            .wait_for(|s| s.synced >= lsn || s.failed.is_some())
+            .await
+            .map(|s| s.failed.clone());
+        match reached {
+            Ok(None) => Ok(()),
+            Ok(Some(why)) => Err(self.shared.failed_error(&why)),
+            // The sender lives as long as `self`.
+            Err(_) => Err(self.shared.failed_error("the log was closed")),
+        }
+    }
+
+    /// Like [`Wal::synced`], for callers outside a runtime: syncs the current segment itself.
+    pub(super) fn sync_blocking(&self, lsn: u64) -> Result<(), StateError> {
+        let shared = &self.shared;
+        shared.check_failed()?;
+        if shared.status.borrow().synced >= lsn {
+            return Ok(());
+        }
+        shared.sync_once()
+    }
+
+    /// Starts a checkpoint: syncs the current segment and moves appends to a new one; returns
+    /// the number of the last segment the checkpoint covers (see [`Wal::retire`]). Called while
+    /// holding redb's write transaction, before its durable commit.
+    pub(super) fn rotate(&self) -> Result<u64, StateError> {
+        let shared = &self.shared;
+        let mut appender = shared.appender.lock();
+        let old = appender.number;
+        let old_path = segment_path(&shared.base, old);
+        appender
+            .file
+            .sync_data()
+            .map_err(|e| io_error(&old_path, "sync", e))?;
+        let number = old + 1;
+        let path = segment_path(&shared.base, number);
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| io_error(&path, "create", e))?;
+        sync_dir(&shared.base)?;
+        let synced_through = appender.appended;
+        appender.file = Arc::new(file);
+        appender.number = number;
+        appender.len = 0;
+        appender.records = 0;
+        drop(appender);
+        shared
+            .status
+            .send_modify(|s| s.synced = s.synced.max(synced_through));
+        Ok(old)
+    }
+
+    /// Ends a checkpoint whose durable commit returned: deletes the segments up to `through`.
+    pub(super) fn retire(&self, through: u64) -> Result<(), StateError> {
+        let base = &self.shared.base;
+        for number in segment_numbers(base)?.into_iter().filter(|&n| n <= through) {
+            let path = segment_path(base, number);
+            std::fs::remove_file(&path).map_err(|e| io_error(&path, "delete", e))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Wal {
+    fn drop(&mut self) {
+        self.shared.appender.lock().closing = true;
+        self.shared.appended_cond.notify_one();
+        if let Some(syncer) = self.syncer.take() {
+            let _ = syncer.join();
+        }
+    }
+}
+
+impl Shared {
+    /// The syncer: waits for records, syncs, publishes; until the log closes or a sync fails.
+    fn sync_loop(&self) {
+        loop {
+            {
+                let mut appender = self.appender.lock();
+                while !appender.closing && appender.appended <= self.status.borrow().synced {
+                    self.appended_cond.wait(&mut appender);
+                }
+                if appender.closing {
+                    return;
+                }
+            }
+            if self.sync_once().is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Syncs the segment being appended to and publishes how far that covers; a failure fails
+    /// the log.
+    fn sync_once(&self) -> Result<(), StateError> {
+        // Every record before the current segment was synced when appends moved on from it.
+        let (file, target) = {
+            let appender = self.appender.lock();
+            (Arc::clone(&appender.file), appender.appended)
+        };
+        match file.sync_data() {
+            Ok(()) => {
+                self.status.send_modify(|s| s.synced = s.synced.max(target));
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(log = %self.base.display(), error = %e, "cannot sync the write-ahead log; the store refuses further writes until reopened");
+                let why = e.to_string();
+                self.fail(why.clone());
+                Err(self.failed_error(&why))
+            }
+        }
+    }
+
+    fn fail(&self, why: String) {
+        self.status.send_modify(|s| s.failed = Some(why));
+    }
+
+    fn check_failed(&self) -> Result<(), StateError> {
+        match &self.status.borrow().failed {
+            Some(why) => Err(self.failed_error(why)),
+            None => Ok(()),
+        }
+    }
+
+    fn failed_error(&self, why: &str) -> StateError {
+        backend_error(format!(
+            "the write-ahead log of {} failed ({why}); writes are refused until the store is reopened",
+            self.base.display()
+        ))
+    }
+}
+
+impl Appender {
+    /// Truncates the segment to `len` bytes and appends from there.
+    fn cut_to(&mut self, len: u64) -> std::io::Result<()> {
+        self.file.set_len(len)?;
+        (&*self.file).seek(SeekFrom::Start(len)).map(drop)
+    }
+}
+
+fn io_error(path: &Path, action: &str, e: std::io::Error) -> StateError {
+    backend_error(format!(
+        "cannot {action} the write-ahead log segment {}: {e}",
+        path.display()
+    ))
+}
+
+/// Segment `number` of the log of the store file `base`.
+fn segment_path(base: &Path, number: u64) -> PathBuf {
+    let mut name = base.as_os_str().to_owned();
+    name.push(format!(".wal-{number:08}"));
+    PathBuf::from(name)
+}
+
+/// The numbers of the existing segments of `base`'s log, ascending.
+fn segment_numbers(base: &Path) -> Result<Vec<u64>, StateError> {
+    let dir = parent_dir(base);
+    let prefix = format!(
+        "{}.wal-",
+        base.file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+    );
+    let listing = std::fs::read_dir(dir).map_err(|e| io_error(dir, "list the directory of", e))?;
+    let mut numbers = Vec::new();
+    for entry in listing {
+        let entry = entry.map_err(|e| io_error(dir, "list the directory of", e))?;
+        let name = entry.file_name();
+        if let Some(n) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(&prefix))
+            .and_then(|n| n.parse::<u64>().ok())
+        {
+            numbers.push(n);
+        }
+    }
+    numbers.sort_unstable();
+    Ok(numbers)
+}
+
+fn parent_dir(base: &Path) -> &Path {
+    base.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
+/// Makes a created segment's directory entry durable.
+fn sync_dir(base: &Path) -> Result<(), StateError> {
+    let dir = parent_dir(base);
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_error(dir, "sync the directory of", e))
+}
+
+/// Decodes the records of `bytes` up to the first incomplete or damaged one; returns them and
+/// the length of the intact prefix.
+fn decode_all(bytes: &[u8]) -> (Vec<Entry>, usize) {
+    let mut entries = Vec::new();
+    let mut at = 0;
+    while let Some((entry, next)) = decode_one(bytes, at) {
+        entries.push(entry);
+        at = next;
+    }
+    (entries, at)
+}
+
+fn decode_one(bytes: &[u8], at: usize) -> Option<(Entry, usize)> {
+    let header = bytes.get(at..at.checked_add(HEADER)?)?;
+    let len = u32::from_le_bytes(header[..4].try_into().ok()?) as usize;
+    let crc = u32::from_le_bytes(header[4..].try_into().ok()?);
+    let start = at + HEADER;
+    let payload = bytes.get(start..start.checked_add(len)?)?;
+    if len < 8 || crc32fast::hash(payload) != crc {
+        return None;
+    }
+    let lsn = u64::from_le_bytes(payload[..8].try_into().ok()?);
+    Some((
+        Entry {
+            lsn,
+            redo: payload[8..].to_vec(),
+        },
+        start + len,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lsns(base: &Path) -> Vec<u64> {
+        Wal::open(base).unwrap().1.iter().map(|e| e.lsn).collect()
+    }
+
+    #[test]
+    fn records_come_back_in_order_after_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("s.redb");
+        let (wal, entries) = Wal::open(&base).unwrap();
+        assert!(entries.is_empty());
+        wal.append(1, b"one").unwrap();
+        wal.append(2, b"").unwrap();
+        wal.append(3, b"three").unwrap();
+        wal.sync_blocking(3).unwrap();
+        assert_eq!(wal.size().1, 3);
+        drop(wal);
+        let (_, entries) = Wal::open(&base).unwrap();
+        let got: Vec<(u64, &[u8])> = entries.iter().map(|e| (e.lsn, &e.redo[..])).collect();
+        assert_eq!(
+            got,
+            vec![(1, &b"one"[..]), (2, &b""[..]), (3, &b"three"[..])]
+        );
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_off_and_appends_follow_the_last_whole_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("s.redb");
+        let (wal, _) = Wal::open(&base).unwrap();
+        wal.append(1, b"kept").unwrap();
+        wal.append(2, b"torn away").unwrap();
+        drop(wal);
+        let segment = segment_path(&base, 1);
+        let full = std::fs::metadata(&segment).unwrap().len();
+        let f = OpenOptions::new().write(true).open(&segment).unwrap();
+        f.set_len(full - 3).unwrap();
+        drop(f);
+
+        let (wal, entries) = Wal::open(&base).unwrap();
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].redo, b"kept");
+        wal.append(2, b"again").unwrap();
+        drop(wal);
+        assert_eq!(lsns(&base), vec![1, 2]);
+    }
+
+    #[test]
+    fn a_damaged_record_ends_the_last_segment_but_refuses_an_earlier_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("s.redb");
+        let (wal, _) = Wal::open(&base).unwrap();
+        wal.append(1, b"first").unwrap();
+        wal.append(2, b"second").unwrap();
+        wal.append(3, b"third").unwrap();
+        drop(wal);
+        let segment = segment_path(&base, 1);
+        let mut bytes = std::fs::read(&segment).unwrap();
+        // A byte inside the second record's payload.
+        bytes[HEADER + 8 + 5 + HEADER + 9] ^= 0xff;
+        std::fs::write(&segment, &bytes).unwrap();
+        assert_eq!(lsns(&base), vec![1]);
+
+        // The same damage in a segment that is followed by another one.
+        let (wal, _) = Wal::open(&base).unwrap();
+        wal.append(2, b"second").unwrap();
+        wal.rotate().unwrap();
+        wal.append(3, b"third").unwrap();
+        drop(wal);
+        let mut bytes = std::fs::read(&segment).unwrap();
+        bytes[HEADER + 8 + 5 + HEADER + 9] ^= 0xff;
+        std::fs::write(&segment, &bytes).unwrap();
+        let Err(StateError::Backend { message, .. }) = Wal::open(&base).map(drop) else {
+            panic!("a damaged earlier segment must refuse the open");
+        };
+        assert!(message.contains("damaged"), "{message}");
+        assert!(message.contains(".wal-00000001"), "{message}");
+    }
+
+    #[test]
+    fn a_checkpoint_keeps_records_appended_after_it_began() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("s.redb");
+        let (wal, _) = Wal::open(&base).unwrap();
+        wal.append(1, b"x").unwrap();
+        wal.append(2, b"y").unwrap();
+        let covered = wal.rotate().unwrap();
+        // Records 1 and 2 were synced by the rotation.
+        wal.sync_blocking(2).unwrap();
+        // A commit after the checkpoint's, before the checkpoint ends.
+        wal.append(3, b"z").unwrap();
+        wal.retire(covered).unwrap();
+        assert_eq!(wal.size(), (HEADER as u64 + 9, 1));
+        wal.sync_blocking(3).unwrap();
+        drop(wal);
+        assert_eq!(lsns(&base), vec![3]);
+        assert_eq!(segment_numbers(&base).unwrap(), vec![2]);
+    }
+
+    #[test]
+    fn concurrent_waiters_share_syncs_and_all_return() {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, _) = Wal::open(&dir.path().join("s.redb")).unwrap();
+        let wal = Arc::new(wal);
+        let next = Arc::new(Mutex::new(0u64));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let wal = Arc::clone(&wal);
+                let next = Arc::clone(&next);
+                std::thread::spawn(move || {
+                    for _ in 0..50 {
+                        let lsn = {
+                            let mut n = next.lock();
+                            *n += 1;
+                            wal.append(*n, b"r").unwrap();
+                            *n
+                        };
+                        wal.sync_blocking(lsn).unwrap();
+                        assert!(wal.shared.status.borrow().synced >= lsn);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(wal.size().1, 400);
+    }
+}
