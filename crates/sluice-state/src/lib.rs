@@ -41,7 +41,7 @@ pub use memory::MemoryStore;
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresOptions, PostgresStore};
 pub use query::{Filter, Query, QueryResponse, QueryResult, Sort};
-pub use redb_store::RedbStore;
+pub use redb_store::{RedbOptions, RedbStore};
 #[cfg(feature = "redis")]
 pub use redis_store::{RedisOptions, RedisStore};
 pub use retry::{with_retry, RetryPattern, RetryPolicy, RetryingStore};

@@ -1,5 +1,5 @@
 //! SIGKILL of a process writing to a redb store: every write it had acknowledged is in the store
-//! after a reopen, with the ETag it was acknowledged with (the write-ahead log is replayed, across
+//! after a reopen, with the ETag it was acknowledged with (the write-ahead log is replayed, after
 //! at least one checkpoint), and versions never repeat afterwards.
 
 use std::collections::HashMap;
@@ -9,17 +9,25 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use sluice_state::{DeleteRequest, RedbStore, SetRequest, Store, TxOperation};
+use sluice_state::{DeleteRequest, RedbOptions, RedbStore, SetRequest, Store, TxOperation};
 
 /// Set in the environment of the writing child process.
 const CHILD_PATH_VAR: &str = "SLUICE_STATE_TEST_CRASH_PATH";
 /// Concurrent writers in the child.
 const WRITERS: usize = 16;
-/// Acknowledged writes before the kill: more than one checkpoint's worth of log records.
-const ACKS_BEFORE_KILL: usize = 12_000;
+/// Log bytes between checkpoints in the child.
+const CHECKPOINT_BYTES: u64 = 16 << 20;
+/// Acknowledged writes before the kill: with [`value`]s of ~3 KB, more than one checkpoint's
+/// worth of log.
+const ACKS_BEFORE_KILL: usize = 10_000;
 
 fn key(writer: usize, i: usize) -> String {
     format!("w{writer}/k{i}")
+}
+
+/// The value of step `i`.
+fn value(i: usize) -> Bytes {
+    Bytes::from(format!("v{i}-{}", "x".repeat(3000)))
 }
 
 /// Child: writers loop until killed, printing each acknowledgement once it is returned.
@@ -27,13 +35,17 @@ fn key(writer: usize, i: usize) -> String {
 fn write_until_killed(path: &Path) {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async {
-        let store = Arc::new(RedbStore::open(path).expect("open in child"));
+        let options = RedbOptions {
+            checkpoint_bytes: CHECKPOINT_BYTES,
+            ..RedbOptions::default()
+        };
+        let store = Arc::new(RedbStore::open_with_options(path, options).expect("open in child"));
         let tasks: Vec<_> = (0..WRITERS)
             .map(|w| {
                 let store = Arc::clone(&store);
                 tokio::spawn(async move {
                     for i in 0.. {
-                        let value = Bytes::from(format!("v{i}"));
+                        let value = value(i);
                         let line = if i % 3 == 2 {
                             store
                                 .multi(vec![
@@ -137,6 +149,12 @@ fn acknowledged_writes_survive_a_sigkill() {
             expected.remove(&key(*w, *i));
         }
     }
+    // The child opened on segment 2 of the log; a checkpoint moved on from it and deleted it.
+    let first_segment = dir.path().join("state.redb.wal-00000002");
+    assert!(
+        !first_segment.exists(),
+        "no checkpoint ran before the kill (the test must cover one)"
+    );
     let store = RedbStore::open(&path).expect("reopen after the kill");
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async {
@@ -152,7 +170,7 @@ fn acknowledged_writes_survive_a_sigkill() {
                     panic!("{k} was written (acknowledged) but is missing after the kill")
                 }
                 (Expect::Value { i, etag }, Some(item)) => {
-                    assert_eq!(item.value, Bytes::from(format!("v{i}")), "value of {k}");
+                    assert!(item.value == value(*i), "value of {k}");
                     if let Some(etag) = etag {
                         assert_eq!(&item.etag, etag, "ETag of {k}");
                     }

@@ -11,7 +11,7 @@
 //! it returns: it is appended to a write-ahead log beside the file (`<file>.wal`, see [`wal`]),
 //! committed to redb without an fsync of the file, and answered once an `fdatasync` of the log
 //! covers it — concurrent writes share one. The file itself is made durable by a checkpoint every
-//! [`CHECKPOINT_BYTES`] or [`CHECKPOINT_RECORDS`] of log, after which the log is emptied; opening
+//! [`RedbOptions::checkpoint_bytes`] or [`CHECKPOINT_RECORDS`] of log, after which the log is emptied; opening
 //! the store replays the records a crash left in the log. A write becomes visible to readers once
 //! it is in the log (a crash of the process from then on no longer loses it), a moment before it
 //! is on disk and answered. [`Store::set_many`], [`Store::delete_many`] and [`Store::multi`]
@@ -67,11 +67,31 @@ use tables::{Tables, CHANGES, DEADLINES, ITEMS, META, WAL_APPLIED};
 use wal::Wal;
 use writer::Writer;
 
-/// A checkpoint (a durable redb commit, after which the log is emptied) is taken by the first
-/// commit once the log holds this many bytes…
-const CHECKPOINT_BYTES: u64 = 32 << 20;
-/// …or this many records.
-const CHECKPOINT_RECORDS: u64 = 8192;
+/// A checkpoint (a durable redb commit, after which the log's older segments are deleted) is
+/// taken by the first commit once the log holds [`RedbOptions::checkpoint_bytes`] since the last
+/// one, or this many records (each non-durable redb commit holds some memory until a durable
+/// one).
+const CHECKPOINT_RECORDS: u64 = 65_536;
+
+/// How a [`RedbStore`] is run.
+#[derive(Clone, Copy, Debug)]
+pub struct RedbOptions {
+    /// How much change history is kept for watchers.
+    pub retention: Retention,
+    /// Bytes of write-ahead log after which a commit is made durable in the file itself (a
+    /// checkpoint) and the log before it deleted: the most a reopen after a crash replays.
+    /// Default 128 MiB. Smaller means more frequent checkpoints, each a pause of the writes.
+    pub checkpoint_bytes: u64,
+}
+
+impl Default for RedbOptions {
+    fn default() -> Self {
+        RedbOptions {
+            retention: Retention::default(),
+            checkpoint_bytes: 4 * wal::SEGMENT_BYTES,
+        }
+    }
+}
 
 /// Expired items a write transaction sweeps besides its own work.
 const SWEEP_PER_WRITE: usize = 32;
@@ -98,6 +118,8 @@ struct RedbFeed {
     db: Database,
     path: PathBuf,
     wal: Wal,
+    /// Log bytes after which a commit is a checkpoint.
+    checkpoint_bytes: u64,
     /// The sequence number of the last log record (read and written only while holding redb's
     /// write transaction).
     last_lsn: AtomicU64,
@@ -129,6 +151,24 @@ impl RedbStore {
         path: impl AsRef<Path>,
         retention: Retention,
     ) -> Result<Self, StateError> {
+        Self::open_with_options(
+            path,
+            RedbOptions {
+                retention,
+                ..RedbOptions::default()
+            },
+        )
+    }
+
+    /// Like [`RedbStore::open`], with `options`.
+    pub fn open_with_options(
+        path: impl AsRef<Path>,
+        options: RedbOptions,
+    ) -> Result<Self, StateError> {
+        let RedbOptions {
+            retention,
+            checkpoint_bytes,
+        } = options;
         let path = path.as_ref().to_path_buf();
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| {
@@ -147,6 +187,7 @@ impl RedbStore {
             path,
             wal,
             last_lsn: AtomicU64::new(last_lsn),
+            checkpoint_bytes,
             retention,
             notifier: RevisionNotifier::new(0),
         };
@@ -532,8 +573,8 @@ fn write<T>(
         abort(txn, path)?;
         return Ok((answer, None));
     };
-    let (log_bytes, log_records) = feed.wal.size();
-    let checkpoint = log_bytes >= CHECKPOINT_BYTES || log_records >= CHECKPOINT_RECORDS;
+    let (log_bytes, log_records) = feed.wal.pending();
+    let checkpoint = log_bytes >= feed.checkpoint_bytes || log_records >= CHECKPOINT_RECORDS;
     if checkpoint {
         // The log's records so far become redundant once this commit is durable in the file.
         let covered = feed.wal.rotate()?;

@@ -19,6 +19,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use parking_lot::{Condvar, Mutex};
@@ -28,6 +29,12 @@ use crate::error::StateError;
 
 /// Bytes before a record's payload.
 const HEADER: usize = 4 + 4;
+
+/// The size of a segment: appends move on to a new one beyond it. Each segment is written with
+/// zeros ahead of time: an `fdatasync` after a write into blocks that already exist flushes the
+/// data alone, while one after an append must also journal the file's new size (measured here:
+/// ~105 µs against ~145 µs).
+pub(super) const SEGMENT_BYTES: u64 = 32 << 20;
 
 /// One record read back from the log.
 #[derive(Debug, PartialEq, Eq)]
@@ -54,6 +61,8 @@ struct Shared {
     appended_cond: Condvar,
     /// How far the log is on disk; writers wait on it.
     status: tokio::sync::watch::Sender<SyncStatus>,
+    /// The next segment is being written ahead of time.
+    preparing: AtomicBool,
 }
 
 /// The segment being appended to.
@@ -62,8 +71,9 @@ struct Appender {
     number: u64,
     /// Bytes in the segment.
     len: u64,
-    /// Records in the segment.
-    records: u64,
+    /// Bytes and records appended since the last checkpoint began (see [`Wal::rotate`]).
+    pending_bytes: u64,
+    pending_records: u64,
     /// The highest sequence number appended.
     appended: u64,
     /// The log is being closed: the syncer stops.
@@ -91,7 +101,7 @@ impl Wal {
             let bytes = std::fs::read(&path).map_err(|e| io_error(&path, "read", e))?;
             let (mut found, intact) = decode_all(&bytes);
             entries.append(&mut found);
-            if intact < bytes.len() {
+            if !zero_from(&bytes, intact) {
                 if at + 1 < numbers.len() {
                     return Err(backend_error(format!(
                         "the write-ahead log segment {} is damaged at byte {intact} and is not the last one; \
@@ -120,7 +130,7 @@ impl Wal {
         file.read_to_end(&mut bytes)
             .map_err(|e| io_error(&path, "read", e))?;
         let (own, intact) = decode_all(&bytes);
-        if intact < bytes.len() {
+        if !zero_from(&bytes, intact) {
             file.set_len(intact as u64)
                 .and_then(|()| file.sync_data())
                 .map_err(|e| io_error(&path, "truncate", e))?;
@@ -140,12 +150,14 @@ impl Wal {
                 file: Arc::new(file),
                 number,
                 len: intact as u64,
-                records: own.len() as u64,
+                pending_bytes: intact as u64,
+                pending_records: own.len() as u64,
                 appended: last,
                 closing: false,
             }),
             appended_cond: Condvar::new(),
             status,
+            preparing: AtomicBool::new(false),
             base: base.to_path_buf(),
         });
         let syncer = {
@@ -162,10 +174,11 @@ impl Wal {
         Ok((wal, entries))
     }
 
-    /// Bytes and records in the segment being appended to.
-    pub(super) fn size(&self) -> (u64, u64) {
+    /// Bytes and records appended since the last checkpoint began: what a crash now would
+    /// replay.
+    pub(super) fn pending(&self) -> (u64, u64) {
         let appender = self.shared.appender.lock();
-        (appender.len, appender.records)
+        (appender.pending_bytes, appender.pending_records)
     }
 
     /// Appends record `lsn` and wakes the syncer (it is durable once [`Wal::synced`] says so).
@@ -190,6 +203,9 @@ impl Wal {
         record.extend_from_slice(&lsn.to_le_bytes());
         record.extend_from_slice(redo);
         let mut appender = shared.appender.lock();
+        if appender.len > 0 && appender.len + record.len() as u64 > SEGMENT_BYTES {
+            self.next_segment(&mut appender)?;
+        }
         if let Err(e) = (&*appender.file).write_all(&record) {
             let path = segment_path(&shared.base, appender.number);
             // Part of the record may be in the file: cut it off so that later records follow
@@ -202,7 +218,8 @@ impl Wal {
             return Err(io_error(&path, "append to", e));
         }
         appender.len += record.len() as u64;
-        appender.records += 1;
+        appender.pending_bytes += record.len() as u64;
+        appender.pending_records += 1;
         appender.appended = lsn;
         shared.appended_cond.notify_one();
         Ok(())
@@ -220,8 +237,10 @@ impl Wal {
             shared.fail(why.clone());
             return Err(shared.failed_error(&why));
         }
+        let taken = appender.len - len;
         appender.len = len;
-        appender.records = appender.records.saturating_sub(1);
+        appender.pending_bytes = appender.pending_bytes.saturating_sub(taken);
+        appender.pending_records = appender.pending_records.saturating_sub(1);
         appender.appended = lsn.saturating_sub(1);
         Ok(())
     }
@@ -251,36 +270,60 @@ impl Wal {
         shared.sync_once()
     }
 
-    /// Starts a checkpoint: syncs the current segment and moves appends to a new one; returns
-    /// the number of the last segment the checkpoint covers (see [`Wal::retire`]). Called while
-    /// holding redb's write transaction, before its durable commit.
+    /// Starts a checkpoint: moves appends to a new segment (see [`Wal::next_segment`]) and
+    /// returns the number of the last segment the checkpoint covers (see [`Wal::retire`]).
+    /// Called while holding redb's write transaction, before its durable commit.
     pub(super) fn rotate(&self) -> Result<u64, StateError> {
-        let shared = &self.shared;
-        let mut appender = shared.appender.lock();
+        let mut appender = self.shared.appender.lock();
         let old = appender.number;
-        let old_path = segment_path(&shared.base, old);
+        self.next_segment(&mut appender)?;
+        appender.pending_bytes = 0;
+        appender.pending_records = 0;
+        Ok(old)
+    }
+
+    /// Syncs the current segment (so that the syncer, which syncs only the current one, owes
+    /// nothing to it) and appends to a new one from now on: the spare written ahead, if ready.
+    fn next_segment(&self, appender: &mut Appender) -> Result<(), StateError> {
+        let shared = &self.shared;
+        let old_path = segment_path(&shared.base, appender.number);
         appender
             .file
             .sync_data()
             .map_err(|e| io_error(&old_path, "sync", e))?;
-        let number = old + 1;
+        let number = appender.number + 1;
         let path = segment_path(&shared.base, number);
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(|e| io_error(&path, "create", e))?;
+        let file = take_spare(&shared.base, &path)?;
         sync_dir(&shared.base)?;
-        let synced_through = appender.appended;
         appender.file = Arc::new(file);
         appender.number = number;
         appender.len = 0;
-        appender.records = 0;
-        drop(appender);
+        let synced_through = appender.appended;
         shared
             .status
             .send_modify(|s| s.synced = s.synced.max(synced_through));
-        Ok(old)
+        self.prepare_spare();
+        Ok(())
+    }
+
+    /// Writes the next segment ahead of time on a thread of its own (see [`SEGMENT_BYTES`]),
+    /// unless one is being written.
+    fn prepare_spare(&self) {
+        if self.shared.preparing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let shared = Arc::clone(&self.shared);
+        let started = std::thread::Builder::new()
+            .name("sluice-wal-prep".into())
+            .spawn(move || {
+                if let Err(e) = write_spare(&shared.base) {
+                    tracing::warn!(log = %shared.base.display(), error = %e, "cannot write the next write-ahead log segment ahead of time; it will be created when needed");
+                }
+                shared.preparing.store(false, Ordering::Release);
+            });
+        if started.is_err() {
+            self.shared.preparing.store(false, Ordering::Release);
+        }
     }
 
     /// Ends a checkpoint whose durable commit returned: deletes the segments up to `through`.
@@ -417,6 +460,59 @@ fn parent_dir(base: &Path) -> &Path {
         .unwrap_or(Path::new("."))
 }
 
+/// The spare segment, written ahead of time.
+fn spare_path(base: &Path) -> PathBuf {
+    let mut name = base.as_os_str().to_owned();
+    name.push(".wal-spare");
+    PathBuf::from(name)
+}
+
+/// Writes a spare segment of [`SEGMENT_BYTES`] zeros, durably, under a temporary name first so
+/// that a spare is always whole.
+fn write_spare(base: &Path) -> std::io::Result<()> {
+    let spare = spare_path(base);
+    if std::fs::metadata(&spare).is_ok_and(|m| m.len() == SEGMENT_BYTES) {
+        return Ok(());
+    }
+    let mut temp = spare.clone().into_os_string();
+    temp.push(".tmp");
+    let temp = PathBuf::from(temp);
+    let mut file = File::create(&temp)?;
+    let zeros = vec![0u8; 1 << 20];
+    let mut written = 0;
+    while written < SEGMENT_BYTES {
+        file.write_all(&zeros)?;
+        written += zeros.len() as u64;
+    }
+    file.sync_all()?;
+    std::fs::rename(&temp, &spare)
+}
+
+/// Opens segment `path` for appending: the spare renamed, if one is ready, else a new file.
+fn take_spare(base: &Path, path: &Path) -> Result<File, StateError> {
+    let spare = spare_path(base);
+    if std::fs::metadata(&spare).is_ok_and(|m| m.len() == SEGMENT_BYTES)
+        && std::fs::rename(&spare, path).is_ok()
+    {
+        return OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(|e| io_error(path, "open", e));
+    }
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(|e| io_error(path, "create", e))
+}
+
+/// True if every byte of `bytes` from `at` on is zero: the unused end of a segment.
+fn zero_from(bytes: &[u8], at: usize) -> bool {
+    bytes
+        .get(at..)
+        .is_none_or(|rest| rest.iter().all(|&b| b == 0))
+}
+
 /// Makes a created segment's directory entry durable.
 fn sync_dir(base: &Path) -> Result<(), StateError> {
     let dir = parent_dir(base);
@@ -474,7 +570,7 @@ mod tests {
         wal.append(2, b"").unwrap();
         wal.append(3, b"three").unwrap();
         wal.sync_blocking(3).unwrap();
-        assert_eq!(wal.size().1, 3);
+        assert_eq!(wal.pending().1, 3);
         drop(wal);
         let (_, entries) = Wal::open(&base).unwrap();
         let got: Vec<(u64, &[u8])> = entries.iter().map(|e| (e.lsn, &e.redo[..])).collect();
@@ -551,11 +647,55 @@ mod tests {
         // A commit after the checkpoint's, before the checkpoint ends.
         wal.append(3, b"z").unwrap();
         wal.retire(covered).unwrap();
-        assert_eq!(wal.size(), (HEADER as u64 + 9, 1));
+        assert_eq!(wal.pending(), (HEADER as u64 + 9, 1));
         wal.sync_blocking(3).unwrap();
         drop(wal);
         assert_eq!(lsns(&base), vec![3]);
         assert_eq!(segment_numbers(&base).unwrap(), vec![2]);
+    }
+
+    #[test]
+    fn a_segment_written_ahead_reads_as_its_records_then_unused_space() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("s.redb");
+        let (wal, _) = Wal::open(&base).unwrap();
+        wal.append(1, b"before").unwrap();
+        write_spare(&base).unwrap();
+        wal.rotate().unwrap();
+        let written_ahead = segment_path(&base, 2);
+        assert_eq!(
+            std::fs::metadata(&written_ahead).unwrap().len(),
+            SEGMENT_BYTES
+        );
+        wal.append(2, b"into the zeros").unwrap();
+        wal.append(3, b"and on").unwrap();
+        wal.sync_blocking(3).unwrap();
+        assert_eq!(
+            std::fs::metadata(&written_ahead).unwrap().len(),
+            SEGMENT_BYTES
+        );
+        // Segment 2, zeros after its records, is no longer the last one.
+        wal.rotate().unwrap();
+        wal.append(4, b"after").unwrap();
+        drop(wal);
+        assert_eq!(lsns(&base), vec![1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn appends_move_on_to_a_new_segment_once_one_is_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("s.redb");
+        let (wal, _) = Wal::open(&base).unwrap();
+        let big = vec![7u8; 1 << 20];
+        let count = SEGMENT_BYTES / (1 << 20) + 2;
+        for lsn in 1..=count {
+            wal.append(lsn, &big).unwrap();
+        }
+        wal.sync_blocking(count).unwrap();
+        assert_eq!(segment_numbers(&base).unwrap(), vec![1, 2]);
+        assert_eq!(wal.pending().1, count);
+        drop(wal);
+        assert_eq!(lsns(&base), (1..=count).collect::<Vec<_>>());
     }
 
     #[test]
@@ -585,6 +725,6 @@ mod tests {
         for t in threads {
             t.join().unwrap();
         }
-        assert_eq!(wal.size().1, 400);
+        assert_eq!(wal.pending().1, 400);
     }
 }
