@@ -446,3 +446,40 @@ async fn calls_that_change_nothing_leave_versions_alone() {
     let (first, next): (u64, u64) = (first.parse().expect("n"), next.parse().expect("n"));
     assert_eq!(next, first + 1);
 }
+
+#[tokio::test]
+async fn a_store_file_deleted_alone_does_not_get_its_old_log_replayed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("state.redb");
+    let store = open(&path);
+    store
+        .set(SetRequest::new("old", "value"))
+        .await
+        .expect("set");
+    drop(store);
+    // Only the file is deleted; its write-ahead log stays behind.
+    std::fs::remove_file(&path).expect("delete the file");
+    let store = open(&path);
+    assert_eq!(store.get("old").await.expect("get"), None);
+    store.set(SetRequest::new("new", "v")).await.expect("set");
+    drop(store);
+    let store = open(&path);
+    assert!(store.get("new").await.expect("get").is_some());
+    assert_eq!(store.get("old").await.expect("get"), None);
+}
+
+#[tokio::test]
+async fn remove_deletes_the_file_and_its_log() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("state.redb");
+    let store = open(&path);
+    store.set(SetRequest::new("k", "v")).await.expect("set");
+    drop(store);
+    RedbStore::remove(&path).expect("remove");
+    let left: Vec<String> = std::fs::read_dir(dir.path())
+        .expect("list")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    RedbStore::remove(&path).expect("removing nothing is fine");
+}

@@ -63,7 +63,7 @@ use crate::watch::{
     Snapshot, DEFAULT_REAP_INTERVAL,
 };
 use errors::{backend_error, op_error, open_error, BACKEND};
-use tables::{Tables, CHANGES, DEADLINES, ITEMS, META, WAL_APPLIED};
+use tables::{Tables, CHANGES, DEADLINES, ITEMS, WAL_APPLIED, WAL_LOG_ID};
 use wal::Wal;
 use writer::Writer;
 
@@ -179,8 +179,8 @@ impl RedbStore {
             })?;
         }
         let db = Database::create(&path).map_err(|e| open_error(&path, e))?;
-        create_tables(&db, &path)?;
-        let (wal, entries) = Wal::open(&path)?;
+        let log_id = create_tables(&db, &path)?;
+        let (wal, entries) = Wal::open(&path, log_id)?;
         let last_lsn = recover(&db, &path, &wal, entries)?;
         let feed = RedbFeed {
             db,
@@ -205,6 +205,18 @@ impl RedbStore {
     /// The file the store lives in.
     pub fn path(&self) -> &Path {
         &self.feed.path
+    }
+
+    /// Deletes the store file at `path` and its write-ahead log, if they exist: what removing a
+    /// store takes (the file alone would leave its log behind). The store must not be open.
+    pub fn remove(path: impl AsRef<Path>) -> Result<(), StateError> {
+        let path = path.as_ref();
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(op_error(path, "delete", e)),
+        }
+        wal::remove_all(path)
     }
 
     /// Removes every expired item from the file now, in one durable transaction; returns how
@@ -236,18 +248,31 @@ impl RedbStore {
     }
 }
 
-/// Creates every table so that reads never meet a missing one.
-fn create_tables(db: &Database, path: &Path) -> Result<(), StateError> {
+/// Creates every table so that reads never meet a missing one, and the database's log id (which
+/// tells its write-ahead log segments from those of an earlier file at the same path); returns
+/// the log id.
+fn create_tables(db: &Database, path: &Path) -> Result<u64, StateError> {
     let txn = begin_write(db, path, Durability::Immediate)?;
     let created = txn
         .open_table(ITEMS)
         .map(drop)
         .and_then(|()| txn.open_table(DEADLINES).map(drop))
-        .and_then(|()| txn.open_table(META).map(drop))
         .and_then(|()| txn.open_table(CHANGES).map(drop))
         .map_err(|e| op_error(path, "create tables in", e));
     created?;
-    commit(txn, path)
+    let log_id = {
+        let mut tables = Tables::open(&txn, path)?;
+        match tables.counter(WAL_LOG_ID)? {
+            0 => {
+                let id = uuid::Uuid::new_v4().as_u64_pair().0.max(1);
+                tables.set_meta(WAL_LOG_ID, id)?;
+                id
+            }
+            id => id,
+        }
+    };
+    commit(txn, path)?;
+    Ok(log_id)
 }
 
 /// Applies the log records the file does not have yet (commits acknowledged before a crash)
@@ -280,8 +305,7 @@ fn recover(
     } else {
         abort(txn, path)?;
     }
-    let covered = wal.rotate()?;
-    wal.retire(covered)?;
+    wal.retire_older()?;
     Ok(last)
 }
 

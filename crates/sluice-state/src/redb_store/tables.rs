@@ -26,6 +26,8 @@ pub(super) const CHANGES: TableDefinition<(u64, u32), &[u8]> = TableDefinition::
 pub(super) const COMPACTED_THROUGH: &str = "compacted_through";
 /// The `meta` key holding the sequence number of the last log record applied to the file.
 pub(super) const WAL_APPLIED: &str = "wal_applied";
+/// The `meta` key holding the database's log id, written in every log segment's header.
+pub(super) const WAL_LOG_ID: &str = "wal_log_id";
 
 /// Redo operation tags.
 const PUT_ITEM: u8 = 1;

@@ -10,16 +10,18 @@
 //! checkpoint's are never lost with them. Opening the store replays the records the file does
 //! not have yet.
 //!
-//! On disk a record is its payload length (`u32`), the CRC-32 of the payload (`u32`), then the
+//! A segment starts with a header: `SLUICWAL` and the database's log id (a random number kept in
+//! the store file), so that the segments of a deleted store file are never replayed into a new
+//! one at the same path. On disk a record is its payload length (`u32`), the CRC-32 of the payload (`u32`), then the
 //! payload: the sequence number (`u64`) and the redo record, all little-endian. A record cut
 //! short or failing its checksum at the end of the last segment is a torn tail after a crash: it
 //! is dropped, as no commit waiting on it was acknowledged. Anywhere else it is damage, and the
 //! store refuses to open rather than skip acknowledged commits.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::{Condvar, Mutex};
@@ -29,6 +31,19 @@ use crate::error::StateError;
 
 /// Bytes before a record's payload.
 const HEADER: usize = 4 + 4;
+
+/// A segment starts with these bytes, then the database's log id (little-endian `u64`).
+const MAGIC: &[u8; 8] = b"SLUICWAL";
+/// Bytes of a segment's header.
+const SEGMENT_HEADER: usize = 8 + 8;
+
+/// The header of a segment of the database with `log_id`.
+fn segment_header(log_id: u64) -> [u8; SEGMENT_HEADER] {
+    let mut header = [0u8; SEGMENT_HEADER];
+    header[..8].copy_from_slice(MAGIC);
+    header[8..].copy_from_slice(&log_id.to_le_bytes());
+    header
+}
 
 /// The size of a segment: appends move on to a new one beyond it. Each segment is written with
 /// zeros ahead of time: an `fdatasync` after a write into blocks that already exist flushes the
@@ -63,6 +78,10 @@ struct Shared {
     status: tokio::sync::watch::Sender<SyncStatus>,
     /// The next segment is being written ahead of time.
     preparing: AtomicBool,
+    /// The database's log id, in every segment's header.
+    log_id: u64,
+    /// The log is closed: a spare being written is given up.
+    closed: AtomicBool,
 }
 
 /// The segment being appended to.
@@ -91,55 +110,70 @@ struct SyncStatus {
 }
 
 impl Wal {
-    /// Opens the log of the store file `base`: reads every segment, returns the intact records
-    /// in order, and appends to the last segment from its last whole record on.
-    pub(super) fn open(base: &Path) -> Result<(Wal, Vec<Entry>), StateError> {
+    /// Opens the log of the store file `base`, whose log id is `log_id`: reads every segment
+    /// and returns the intact records of this database's segments, in order; appends go to a new
+    /// segment after them. Segments of another database (left behind when a store file was
+    /// deleted and created anew) are skipped, and go with the next [`Wal::retire`]. A torn tail
+    /// of the last segment is cut off.
+    pub(super) fn open(base: &Path, log_id: u64) -> Result<(Wal, Vec<Entry>), StateError> {
         let numbers = segment_numbers(base)?;
         let mut entries = Vec::new();
         for (at, &number) in numbers.iter().enumerate() {
             let path = segment_path(base, number);
             let bytes = std::fs::read(&path).map_err(|e| io_error(&path, "read", e))?;
-            let (mut found, intact) = decode_all(&bytes);
-            entries.append(&mut found);
-            if !zero_from(&bytes, intact) {
-                if at + 1 < numbers.len() {
-                    return Err(backend_error(format!(
-                        "the write-ahead log segment {} is damaged at byte {intact} and is not the last one; \
-                         the store will not open without the commits after that point (restore it or remove \
-                         the segment to accept their loss)",
-                        path.display()
-                    )));
+            let body = match bytes.get(..SEGMENT_HEADER) {
+                Some(head) if head == segment_header(log_id) => &bytes[SEGMENT_HEADER..],
+                Some(head) if head.starts_with(MAGIC) => {
+                    tracing::warn!(log = %path.display(), "ignoring a write-ahead log segment of another database (its store file was replaced)");
+                    continue;
                 }
-                tracing::warn!(
-                    log = %path.display(),
-                    dropped_bytes = bytes.len() - intact,
-                    "the write-ahead log ends in a torn record (a crash during a commit that was not acknowledged); dropping it"
-                );
+                // Never written to (created, or a spare, before a crash).
+                _ if zero_from(&bytes, 0) => continue,
+                _ => {
+                    return Err(backend_error(format!(
+                        "{} is not a write-ahead log segment of sluice (bad header); move it away to open the store",
+                        path.display()
+                    )))
+                }
+            };
+            let (mut found, intact) = decode_all(body);
+            entries.append(&mut found);
+            if zero_from(body, intact) {
+                continue;
             }
-        }
-        let number = numbers.last().copied().unwrap_or(1);
-        let path = segment_path(base, number);
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|e| io_error(&path, "open", e))?;
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes)
-            .map_err(|e| io_error(&path, "read", e))?;
-        let (own, intact) = decode_all(&bytes);
-        if !zero_from(&bytes, intact) {
-            file.set_len(intact as u64)
-                .and_then(|()| file.sync_data())
+            if at + 1 < numbers.len() {
+                return Err(backend_error(format!(
+                    "the write-ahead log segment {} is damaged at byte {} and is not the last one; \
+                     the store will not open without the commits after that point (restore it or remove \
+                     the segment to accept their loss)",
+                    path.display(),
+                    SEGMENT_HEADER + intact
+                )));
+            }
+            tracing::warn!(
+                log = %path.display(),
+                dropped_bytes = body.len() - intact,
+                "the write-ahead log ends in a torn record (a crash during a commit that was not acknowledged); dropping it"
+            );
+            OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .and_then(|f| {
+                    f.set_len((SEGMENT_HEADER + intact) as u64)?;
+                    f.sync_data()
+                })
                 .map_err(|e| io_error(&path, "truncate", e))?;
         }
-        file.seek(SeekFrom::Start(intact as u64))
-            .map_err(|e| io_error(&path, "seek in", e))?;
-        if numbers.is_empty() {
-            sync_dir(base)?;
-        }
+        let number = numbers.last().map_or(1, |n| n + 1);
+        let path = segment_path(base, number);
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| io_error(&path, "create", e))?;
+        file.write_all(&segment_header(log_id))
+            .map_err(|e| io_error(&path, "write", e))?;
+        sync_dir(base)?;
         let last = entries.last().map_or(0, |e| e.lsn);
         let (status, _) = tokio::sync::watch::channel(SyncStatus {
             synced: last,
@@ -149,15 +183,17 @@ impl Wal {
             appender: Mutex::new(Appender {
                 file: Arc::new(file),
                 number,
-                len: intact as u64,
-                pending_bytes: intact as u64,
-                pending_records: own.len() as u64,
+                len: SEGMENT_HEADER as u64,
+                pending_bytes: 0,
+                pending_records: 0,
                 appended: last,
                 closing: false,
             }),
             appended_cond: Condvar::new(),
             status,
             preparing: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            log_id,
             base: base.to_path_buf(),
         });
         let syncer = {
@@ -171,7 +207,15 @@ impl Wal {
             shared,
             syncer: Some(syncer),
         };
+        wal.prepare_spare();
         Ok((wal, entries))
+    }
+
+    /// Deletes every segment before the one being appended to: after a reopen's replay made
+    /// their records durable in the file.
+    pub(super) fn retire_older(&self) -> Result<(), StateError> {
+        let current = self.shared.appender.lock().number;
+        self.retire(current.saturating_sub(1))
     }
 
     /// Bytes and records appended since the last checkpoint began: what a crash now would
@@ -203,7 +247,9 @@ impl Wal {
         record.extend_from_slice(&lsn.to_le_bytes());
         record.extend_from_slice(redo);
         let mut appender = shared.appender.lock();
-        if appender.len > 0 && appender.len + record.len() as u64 > SEGMENT_BYTES {
+        if appender.len > SEGMENT_HEADER as u64
+            && appender.len + record.len() as u64 > SEGMENT_BYTES
+        {
             self.next_segment(&mut appender)?;
         }
         if let Err(e) = (&*appender.file).write_all(&record) {
@@ -293,11 +339,13 @@ impl Wal {
             .map_err(|e| io_error(&old_path, "sync", e))?;
         let number = appender.number + 1;
         let path = segment_path(&shared.base, number);
-        let file = take_spare(&shared.base, &path)?;
+        let mut file = take_spare(&shared.base, &path)?;
+        file.write_all(&segment_header(shared.log_id))
+            .map_err(|e| io_error(&path, "write", e))?;
         sync_dir(&shared.base)?;
         appender.file = Arc::new(file);
         appender.number = number;
-        appender.len = 0;
+        appender.len = SEGMENT_HEADER as u64;
         let synced_through = appender.appended;
         shared
             .status
@@ -316,7 +364,7 @@ impl Wal {
         let started = std::thread::Builder::new()
             .name("sluice-wal-prep".into())
             .spawn(move || {
-                if let Err(e) = write_spare(&shared.base) {
+                if let Err(e) = write_spare_unless(&shared.base, &shared.closed) {
                     tracing::warn!(log = %shared.base.display(), error = %e, "cannot write the next write-ahead log segment ahead of time; it will be created when needed");
                 }
                 shared.preparing.store(false, Ordering::Release);
@@ -338,11 +386,17 @@ impl Wal {
 }
 
 impl Drop for Wal {
+    /// Stops the syncer and any spare being written, so that no thread of the log touches its
+    /// files afterwards.
     fn drop(&mut self) {
+        self.shared.closed.store(true, Ordering::Release);
         self.shared.appender.lock().closing = true;
         self.shared.appended_cond.notify_one();
         if let Some(syncer) = self.syncer.take() {
             let _ = syncer.join();
+        }
+        while self.shared.preparing.load(Ordering::Acquire) {
+            std::thread::sleep(std::time::Duration::from_millis(1));
         }
     }
 }
@@ -460,6 +514,23 @@ fn parent_dir(base: &Path) -> &Path {
         .unwrap_or(Path::new("."))
 }
 
+/// Deletes every segment and the spare of the log of the store file `base`.
+pub(super) fn remove_all(base: &Path) -> Result<(), StateError> {
+    let mut doomed: Vec<PathBuf> = segment_numbers(base)?
+        .into_iter()
+        .map(|n| segment_path(base, n))
+        .collect();
+    doomed.push(spare_path(base));
+    for path in doomed {
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_error(&path, "delete", e)),
+        }
+    }
+    Ok(())
+}
+
 /// The spare segment, written ahead of time.
 fn spare_path(base: &Path) -> PathBuf {
     let mut name = base.as_os_str().to_owned();
@@ -469,18 +540,33 @@ fn spare_path(base: &Path) -> PathBuf {
 
 /// Writes a spare segment of [`SEGMENT_BYTES`] zeros, durably, under a temporary name first so
 /// that a spare is always whole.
+#[cfg(test)]
 fn write_spare(base: &Path) -> std::io::Result<()> {
+    write_spare_unless(base, &AtomicBool::new(false))
+}
+
+/// Like [`write_spare`], giving up (and removing the partial file) once `closed` is set.
+fn write_spare_unless(base: &Path, closed: &AtomicBool) -> std::io::Result<()> {
     let spare = spare_path(base);
     if std::fs::metadata(&spare).is_ok_and(|m| m.len() == SEGMENT_BYTES) {
         return Ok(());
     }
+    static WRITER: AtomicU64 = AtomicU64::new(0);
     let mut temp = spare.clone().into_os_string();
-    temp.push(".tmp");
+    temp.push(format!(
+        ".{}-{}.tmp",
+        std::process::id(),
+        WRITER.fetch_add(1, Ordering::Relaxed)
+    ));
     let temp = PathBuf::from(temp);
     let mut file = File::create(&temp)?;
     let zeros = vec![0u8; 1 << 20];
     let mut written = 0;
     while written < SEGMENT_BYTES {
+        if closed.load(Ordering::Acquire) {
+            drop(file);
+            return std::fs::remove_file(&temp);
+        }
         file.write_all(&zeros)?;
         written += zeros.len() as u64;
     }
@@ -556,15 +642,22 @@ fn decode_one(bytes: &[u8], at: usize) -> Option<(Entry, usize)> {
 mod tests {
     use super::*;
 
+    const ID: u64 = 42;
+
     fn lsns(base: &Path) -> Vec<u64> {
-        Wal::open(base).unwrap().1.iter().map(|e| e.lsn).collect()
+        Wal::open(base, ID)
+            .unwrap()
+            .1
+            .iter()
+            .map(|e| e.lsn)
+            .collect()
     }
 
     #[test]
     fn records_come_back_in_order_after_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let base = dir.path().join("s.redb");
-        let (wal, entries) = Wal::open(&base).unwrap();
+        let (wal, entries) = Wal::open(&base, ID).unwrap();
         assert!(entries.is_empty());
         wal.append(1, b"one").unwrap();
         wal.append(2, b"").unwrap();
@@ -572,7 +665,7 @@ mod tests {
         wal.sync_blocking(3).unwrap();
         assert_eq!(wal.pending().1, 3);
         drop(wal);
-        let (_, entries) = Wal::open(&base).unwrap();
+        let (_, entries) = Wal::open(&base, ID).unwrap();
         let got: Vec<(u64, &[u8])> = entries.iter().map(|e| (e.lsn, &e.redo[..])).collect();
         assert_eq!(
             got,
@@ -584,7 +677,7 @@ mod tests {
     fn a_torn_tail_is_cut_off_and_appends_follow_the_last_whole_record() {
         let dir = tempfile::tempdir().unwrap();
         let base = dir.path().join("s.redb");
-        let (wal, _) = Wal::open(&base).unwrap();
+        let (wal, _) = Wal::open(&base, ID).unwrap();
         wal.append(1, b"kept").unwrap();
         wal.append(2, b"torn away").unwrap();
         drop(wal);
@@ -594,7 +687,7 @@ mod tests {
         f.set_len(full - 3).unwrap();
         drop(f);
 
-        let (wal, entries) = Wal::open(&base).unwrap();
+        let (wal, entries) = Wal::open(&base, ID).unwrap();
         assert_eq!(entries.len(), 1);
         assert_eq!(entries[0].redo, b"kept");
         wal.append(2, b"again").unwrap();
@@ -602,32 +695,38 @@ mod tests {
         assert_eq!(lsns(&base), vec![1, 2]);
     }
 
+    /// Flips a byte inside the second record (of 5 payload bytes after the first) of `segment`.
+    fn damage_second_record(segment: &Path) {
+        let mut bytes = std::fs::read(segment).unwrap();
+        bytes[SEGMENT_HEADER + HEADER + 8 + 5 + HEADER + 9] ^= 0xff;
+        std::fs::write(segment, &bytes).unwrap();
+    }
+
     #[test]
-    fn a_damaged_record_ends_the_last_segment_but_refuses_an_earlier_one() {
+    fn a_damaged_record_ends_the_last_segment() {
         let dir = tempfile::tempdir().unwrap();
         let base = dir.path().join("s.redb");
-        let (wal, _) = Wal::open(&base).unwrap();
+        let (wal, _) = Wal::open(&base, ID).unwrap();
         wal.append(1, b"first").unwrap();
         wal.append(2, b"second").unwrap();
         wal.append(3, b"third").unwrap();
         drop(wal);
-        let segment = segment_path(&base, 1);
-        let mut bytes = std::fs::read(&segment).unwrap();
-        // A byte inside the second record's payload.
-        bytes[HEADER + 8 + 5 + HEADER + 9] ^= 0xff;
-        std::fs::write(&segment, &bytes).unwrap();
+        damage_second_record(&segment_path(&base, 1));
         assert_eq!(lsns(&base), vec![1]);
+    }
 
-        // The same damage in a segment that is followed by another one.
-        let (wal, _) = Wal::open(&base).unwrap();
+    #[test]
+    fn a_damaged_record_in_an_earlier_segment_refuses_the_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("s.redb");
+        let (wal, _) = Wal::open(&base, ID).unwrap();
+        wal.append(1, b"first").unwrap();
         wal.append(2, b"second").unwrap();
         wal.rotate().unwrap();
         wal.append(3, b"third").unwrap();
         drop(wal);
-        let mut bytes = std::fs::read(&segment).unwrap();
-        bytes[HEADER + 8 + 5 + HEADER + 9] ^= 0xff;
-        std::fs::write(&segment, &bytes).unwrap();
-        let Err(StateError::Backend { message, .. }) = Wal::open(&base).map(drop) else {
+        damage_second_record(&segment_path(&base, 1));
+        let Err(StateError::Backend { message, .. }) = Wal::open(&base, ID).map(drop) else {
             panic!("a damaged earlier segment must refuse the open");
         };
         assert!(message.contains("damaged"), "{message}");
@@ -635,10 +734,44 @@ mod tests {
     }
 
     #[test]
+    fn segments_of_another_database_are_not_replayed() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("s.redb");
+        let (wal, _) = Wal::open(&base, ID).unwrap();
+        wal.append(1, b"old").unwrap();
+        drop(wal);
+        // The store file was deleted and created anew: a new log id.
+        let (wal, entries) = Wal::open(&base, ID + 1).unwrap();
+        assert!(entries.is_empty());
+        wal.retire_older().unwrap();
+        wal.append(1, b"new").unwrap();
+        drop(wal);
+        let (_, entries) = Wal::open(&base, ID + 1).unwrap();
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].redo, b"new");
+    }
+
+    #[test]
+    fn remove_all_deletes_segments_and_the_spare() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("s.redb");
+        let (wal, _) = Wal::open(&base, ID).unwrap();
+        wal.append(1, b"x").unwrap();
+        write_spare(&base).unwrap();
+        drop(wal);
+        remove_all(&base).unwrap();
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+
+    #[test]
     fn a_checkpoint_keeps_records_appended_after_it_began() {
         let dir = tempfile::tempdir().unwrap();
         let base = dir.path().join("s.redb");
-        let (wal, _) = Wal::open(&base).unwrap();
+        let (wal, _) = Wal::open(&base, ID).unwrap();
         wal.append(1, b"x").unwrap();
         wal.append(2, b"y").unwrap();
         let covered = wal.rotate().unwrap();
@@ -649,16 +782,16 @@ mod tests {
         wal.retire(covered).unwrap();
         assert_eq!(wal.pending(), (HEADER as u64 + 9, 1));
         wal.sync_blocking(3).unwrap();
+        assert_eq!(segment_numbers(&base).unwrap(), vec![2]);
         drop(wal);
         assert_eq!(lsns(&base), vec![3]);
-        assert_eq!(segment_numbers(&base).unwrap(), vec![2]);
     }
 
     #[test]
     fn a_segment_written_ahead_reads_as_its_records_then_unused_space() {
         let dir = tempfile::tempdir().unwrap();
         let base = dir.path().join("s.redb");
-        let (wal, _) = Wal::open(&base).unwrap();
+        let (wal, _) = Wal::open(&base, ID).unwrap();
         wal.append(1, b"before").unwrap();
         write_spare(&base).unwrap();
         wal.rotate().unwrap();
@@ -685,7 +818,7 @@ mod tests {
     fn appends_move_on_to_a_new_segment_once_one_is_full() {
         let dir = tempfile::tempdir().unwrap();
         let base = dir.path().join("s.redb");
-        let (wal, _) = Wal::open(&base).unwrap();
+        let (wal, _) = Wal::open(&base, ID).unwrap();
         let big = vec![7u8; 1 << 20];
         let count = SEGMENT_BYTES / (1 << 20) + 2;
         for lsn in 1..=count {
@@ -701,7 +834,7 @@ mod tests {
     #[test]
     fn concurrent_waiters_share_syncs_and_all_return() {
         let dir = tempfile::tempdir().unwrap();
-        let (wal, _) = Wal::open(&dir.path().join("s.redb")).unwrap();
+        let (wal, _) = Wal::open(&dir.path().join("s.redb"), ID).unwrap();
         let wal = Arc::new(wal);
         let next = Arc::new(Mutex::new(0u64));
         let threads: Vec<_> = (0..8)

@@ -165,7 +165,7 @@ pub async fn bench_watch(
     let redb = sluice_state::RedbStore::open(&path)
         .map_err(|e| fail(format!("opening {}: {e}", path.display())))?;
     let result = measure(Arc::new(redb), args, interval).await;
-    let _ = std::fs::remove_file(&path);
+    let _ = sluice_state::RedbStore::remove(&path);
     rows.extend(result?);
 
     match postgres_url {

@@ -68,7 +68,7 @@ pub async fn serve(
             std::fs::create_dir_all(dir)
                 .map_err(|e| BenchError::new(format!("cannot create {}: {e}", dir.display())))?;
             let path = dir.join(format!("signaling-{tag}.redb"));
-            let _ = std::fs::remove_file(&path);
+            let _ = RedbStore::remove(&path);
             let open = path.clone();
             let store = tokio::task::spawn_blocking(move || RedbStore::open(&open))
                 .await
@@ -136,7 +136,7 @@ impl Served {
         }
         match self.leftover {
             Leftover::Nothing => Ok(()),
-            Leftover::File(path) => std::fs::remove_file(&path)
+            Leftover::File(path) => RedbStore::remove(&path)
                 .map_err(|e| BenchError::new(format!("cannot remove {}: {e}", path.display()))),
             Leftover::Schema { url, schema } => drop_schema(&url, &schema).await,
         }

@@ -254,7 +254,7 @@ impl Bench {
 
     async fn redb(&self, dir: &Path, rows: &mut Vec<Row>) -> Result<(), BenchError> {
         let sluice_path = dir.join("bench-state-sluice.redb");
-        let _ = std::fs::remove_file(&sluice_path);
+        let _ = RedbStore::remove(&sluice_path);
         let store = RedbStore::open(&sluice_path)
             .map_err(|e| BenchError::new(format!("opening {}: {e}", sluice_path.display())))?;
         let store = Arc::new(store);
@@ -262,7 +262,7 @@ impl Bench {
         let result = self.redb_rows(&store, &direct, rows).await;
         let direct_path = direct.path().to_path_buf();
         drop((store, direct));
-        let _ = std::fs::remove_file(&sluice_path);
+        let _ = RedbStore::remove(&sluice_path);
         let _ = std::fs::remove_file(&direct_path);
         result
     }
