@@ -48,7 +48,7 @@ mod wal;
 mod writer;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
@@ -120,6 +120,11 @@ struct RedbFeed {
     wal: Wal,
     /// Log bytes after which a commit is a checkpoint.
     checkpoint_bytes: u64,
+    /// How many quarters of `checkpoint_bytes` of log have been followed by a background flush
+    /// of the file since the last checkpoint (see [`pre_flush`]).
+    pre_flushed: AtomicU64,
+    /// A background flush is running.
+    pre_flushing: Arc<AtomicBool>,
     /// The sequence number of the last log record (read and written only while holding redb's
     /// write transaction).
     last_lsn: AtomicU64,
@@ -188,6 +193,8 @@ impl RedbStore {
             wal,
             last_lsn: AtomicU64::new(last_lsn),
             checkpoint_bytes,
+            pre_flushed: AtomicU64::new(0),
+            pre_flushing: Arc::new(AtomicBool::new(false)),
             retention,
             notifier: RevisionNotifier::new(0),
         };
@@ -601,6 +608,7 @@ fn write<T>(
     let checkpoint = log_bytes >= feed.checkpoint_bytes || log_records >= CHECKPOINT_RECORDS;
     if checkpoint {
         // The log's records so far become redundant once this commit is durable in the file.
+        let began = std::time::Instant::now();
         let covered = feed.wal.rotate()?;
         txn.set_durability(Durability::Immediate)
             .map_err(|e| op_error(path, "set durability on", e))?;
@@ -608,17 +616,52 @@ fn write<T>(
         commit(txn, path)?;
         publish(feed, revision);
         feed.wal.retire(covered)?;
+        feed.pre_flushed.store(0, Ordering::Release);
+        tracing::debug!(
+            store = %path.display(),
+            log_bytes,
+            log_records,
+            millis = began.elapsed().as_millis() as u64,
+            "checkpoint"
+        );
         return Ok((answer, None));
     }
-    feed.wal.append(lsn, &redo)?;
+    let record_bytes = feed.wal.append(lsn, &redo)?;
     // Before the commit lets the next writer in. A failed commit leaves a gap in the numbers.
     feed.last_lsn.store(lsn, Ordering::Release);
     if let Err(failed) = commit(txn, path) {
-        feed.wal.retract(lsn, redo.len())?;
+        feed.wal.retract(lsn, record_bytes)?;
         return Err(failed);
     }
     publish(feed, revision);
+    let quarter = log_bytes / (feed.checkpoint_bytes / 4).max(1);
+    if quarter > feed.pre_flushed.load(Ordering::Acquire) {
+        feed.pre_flushed.store(quarter, Ordering::Release);
+        pre_flush(feed);
+    }
     Ok((answer, Some(lsn)))
+}
+
+/// Writes the file's pages dirtied by non-durable commits to disk on a thread of its own, so that
+/// the next checkpoint — which holds up every write while it syncs — finds little left to write.
+/// Only a head start: what makes the file durable is the checkpoint's own sync.
+fn pre_flush(feed: &RedbFeed) {
+    if feed.pre_flushing.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let path = feed.path.clone();
+    let flushing = Arc::clone(&feed.pre_flushing);
+    let started = std::thread::Builder::new()
+        .name("sluice-redb-flush".into())
+        .spawn(move || {
+            if let Err(e) = std::fs::File::open(&path).and_then(|f| f.sync_data()) {
+                tracing::debug!(store = %path.display(), error = %e, "background flush before a checkpoint failed");
+            }
+            flushing.store(false, Ordering::Release);
+        });
+    if started.is_err() {
+        feed.pre_flushing.store(false, Ordering::Release);
+    }
 }
 
 /// Wakes the watchers waiting for `revision`.

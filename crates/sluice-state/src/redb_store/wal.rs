@@ -13,7 +13,8 @@
 //! A segment starts with a header: `SLUICWAL` and the database's log id (a random number kept in
 //! the store file), so that the segments of a deleted store file are never replayed into a new
 //! one at the same path. On disk a record is its payload length (`u32`), the CRC-32 of the payload (`u32`), then the
-//! payload: the sequence number (`u64`) and the redo record, all little-endian. A record cut
+//! payload: the sequence number (`u64`), a codec byte (0: as is, 1: LZ4 with the length first)
+//! and the redo record, all little-endian. A record cut
 //! short or failing its checksum at the end of the last segment is a torn tail after a crash: it
 //! is dropped, as no commit waiting on it was acknowledged. Anywhere else it is damage, and the
 //! store refuses to open rather than skip acknowledged commits.
@@ -31,6 +32,13 @@ use crate::error::StateError;
 
 /// Bytes before a record's payload.
 const HEADER: usize = 4 + 4;
+
+/// Record bodies: as they are, or LZ4-compressed with their length first.
+const RAW: u8 = 0;
+const LZ4: u8 = 1;
+/// Redo records from this size on are compressed (flows and other JSON values shrink several
+/// times, which means less to sync and fewer checkpoints).
+const COMPRESS_FROM: usize = 256;
 
 /// A segment starts with these bytes, then the database's log id (little-endian `u64`).
 const MAGIC: &[u8; 8] = b"SLUICWAL";
@@ -228,10 +236,18 @@ impl Wal {
     /// Appends record `lsn` and wakes the syncer (it is durable once [`Wal::synced`] says so).
     /// Records must be appended in sequence order; the store appends while holding redb's write
     /// transaction.
-    pub(super) fn append(&self, lsn: u64, redo: &[u8]) -> Result<(), StateError> {
+    /// Returns the bytes the record took (for [`Wal::retract`]).
+    pub(super) fn append(&self, lsn: u64, redo: &[u8]) -> Result<u64, StateError> {
         let shared = &self.shared;
         shared.check_failed()?;
-        let payload_len = 8 + redo.len();
+        let compressed = (redo.len() >= COMPRESS_FROM)
+            .then(|| lz4_flex::block::compress_prepend_size(redo))
+            .filter(|c| c.len() < redo.len());
+        let (codec, body) = match &compressed {
+            Some(c) => (LZ4, c.as_slice()),
+            None => (RAW, redo),
+        };
+        let payload_len = 8 + 1 + body.len();
         let len = u32::try_from(payload_len).map_err(|_| {
             backend_error(format!(
                 "a commit of {payload_len} bytes is too large for the write-ahead log of {} (4 GiB at most)",
@@ -240,12 +256,14 @@ impl Wal {
         })?;
         let mut crc = crc32fast::Hasher::new();
         crc.update(&lsn.to_le_bytes());
-        crc.update(redo);
+        crc.update(&[codec]);
+        crc.update(body);
         let mut record = Vec::with_capacity(HEADER + payload_len);
         record.extend_from_slice(&len.to_le_bytes());
         record.extend_from_slice(&crc.finalize().to_le_bytes());
         record.extend_from_slice(&lsn.to_le_bytes());
-        record.extend_from_slice(redo);
+        record.push(codec);
+        record.extend_from_slice(body);
         let mut appender = shared.appender.lock();
         if appender.len > SEGMENT_HEADER as u64
             && appender.len + record.len() as u64 > SEGMENT_BYTES
@@ -268,15 +286,15 @@ impl Wal {
         appender.pending_records += 1;
         appender.appended = lsn;
         shared.appended_cond.notify_one();
-        Ok(())
+        Ok(record.len() as u64)
     }
 
     /// Takes back record `lsn`, the last one appended, whose transaction failed to commit, so
     /// that it is never replayed.
-    pub(super) fn retract(&self, lsn: u64, redo_len: usize) -> Result<(), StateError> {
+    pub(super) fn retract(&self, lsn: u64, record_bytes: u64) -> Result<(), StateError> {
         let shared = &self.shared;
         let mut appender = shared.appender.lock();
-        let len = appender.len.saturating_sub((HEADER + 8 + redo_len) as u64);
+        let len = appender.len.saturating_sub(record_bytes);
         if let Err(e) = appender.cut_to(len) {
             drop(appender);
             let why = format!("cannot take back record {lsn} of a failed commit: {e}");
@@ -625,17 +643,17 @@ fn decode_one(bytes: &[u8], at: usize) -> Option<(Entry, usize)> {
     let crc = u32::from_le_bytes(header[4..].try_into().ok()?);
     let start = at + HEADER;
     let payload = bytes.get(start..start.checked_add(len)?)?;
-    if len < 8 || crc32fast::hash(payload) != crc {
+    if len < 9 || crc32fast::hash(payload) != crc {
         return None;
     }
     let lsn = u64::from_le_bytes(payload[..8].try_into().ok()?);
-    Some((
-        Entry {
-            lsn,
-            redo: payload[8..].to_vec(),
-        },
-        start + len,
-    ))
+    let body = &payload[9..];
+    let redo = match payload[8] {
+        RAW => body.to_vec(),
+        LZ4 => lz4_flex::block::decompress_size_prepended(body).ok()?,
+        _ => return None,
+    };
+    Some((Entry { lsn, redo }, start + len))
 }
 
 #[cfg(test)]
@@ -674,6 +692,24 @@ mod tests {
     }
 
     #[test]
+    fn large_records_are_compressed_and_come_back_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("s.redb");
+        let (wal, _) = Wal::open(&base, ID).unwrap();
+        let json =
+            br#"{"id":"0190","state":"STARTED","counterPartyAddress":"https://example.com"}"#;
+        let redo: Vec<u8> = json.iter().copied().cycle().take(8192).collect();
+        let took = wal.append(1, &redo).unwrap();
+        assert!(took < redo.len() as u64 / 2, "took {took} bytes");
+        wal.append(2, b"small").unwrap();
+        drop(wal);
+        let (_, entries) = Wal::open(&base, ID).unwrap();
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[0].redo, redo);
+        assert_eq!(entries[1].redo, b"small");
+    }
+
+    #[test]
     fn a_torn_tail_is_cut_off_and_appends_follow_the_last_whole_record() {
         let dir = tempfile::tempdir().unwrap();
         let base = dir.path().join("s.redb");
@@ -698,7 +734,7 @@ mod tests {
     /// Flips a byte inside the second record (of 5 payload bytes after the first) of `segment`.
     fn damage_second_record(segment: &Path) {
         let mut bytes = std::fs::read(segment).unwrap();
-        bytes[SEGMENT_HEADER + HEADER + 8 + 5 + HEADER + 9] ^= 0xff;
+        bytes[SEGMENT_HEADER + HEADER + 9 + 5 + HEADER + 10] ^= 0xff;
         std::fs::write(segment, &bytes).unwrap();
     }
 
@@ -780,7 +816,7 @@ mod tests {
         // A commit after the checkpoint's, before the checkpoint ends.
         wal.append(3, b"z").unwrap();
         wal.retire(covered).unwrap();
-        assert_eq!(wal.pending(), (HEADER as u64 + 9, 1));
+        assert_eq!(wal.pending(), (HEADER as u64 + 10, 1));
         wal.sync_blocking(3).unwrap();
         assert_eq!(segment_numbers(&base).unwrap(), vec![2]);
         drop(wal);
@@ -819,7 +855,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let base = dir.path().join("s.redb");
         let (wal, _) = Wal::open(&base, ID).unwrap();
-        let big = vec![7u8; 1 << 20];
+        // Incompressible, so that each record takes its full size.
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let big: Vec<u8> = (0..1 << 20)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed as u8
+            })
+            .collect();
         let count = SEGMENT_BYTES / (1 << 20) + 2;
         for lsn in 1..=count {
             wal.append(lsn, &big).unwrap();
