@@ -1072,8 +1072,9 @@ async fn the_pool_reconnects_after_its_connections_are_killed() {
     );
     assert!(ok > 0);
     assert!(
-        transient <= 4,
-        "at most one failure per killed pooled connection"
+        transient <= killed.len(),
+        "at most one failure per killed connection ({transient} failures, {} killed)",
+        killed.len()
     );
     assert_eq!(
         store.get("w0").await.expect("get").expect("kept").value,

@@ -74,6 +74,17 @@ pub fn flow_message(process: &str, dataset: &str, profile: &str) -> Value {
     })
 }
 
+/// The body of a transition request: a fresh `messageId` plus `extra` fields.
+fn action_body(extra: Value) -> Value {
+    let mut body = json!({"messageId": unique("msg")});
+    if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            b.insert(k.clone(), v.clone());
+        }
+    }
+    body
+}
+
 /// The value of a property of a data address.
 pub fn property(address: &Value, name: &str) -> Option<String> {
     address["endpointProperties"]
@@ -108,6 +119,18 @@ impl Dps {
 
     /// Sends `method path` with a raw body (None: no body).
     pub async fn send(&self, method: reqwest::Method, path: &str, body: Option<Vec<u8>>) -> Answer {
+        self.try_send(method, path, body)
+            .await
+            .expect("the server answers")
+    }
+
+    /// Like [`Dps::send`], with a failure to get an answer (a server gone) as an error.
+    pub async fn try_send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Answer, reqwest::Error> {
         let mut req = self.http.request(method, format!("{}{path}", self.api));
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
@@ -115,19 +138,42 @@ impl Dps {
         if let Some(b) = body {
             req = req.header("content-type", "application/json").body(b);
         }
-        let resp = req.send().await.expect("the server answers");
+        let resp = req.send().await?;
         let status = resp.status().as_u16();
         let location = resp
             .headers()
             .get("location")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let bytes = resp.bytes().await.expect("body");
-        Answer {
+        let bytes = resp.bytes().await?;
+        Ok(Answer {
             status,
             location,
             body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        }
+        })
+    }
+
+    /// `POST /dataflows/start`, with a failure to get an answer as an error.
+    pub async fn try_start(&self, msg: &Value) -> Result<Answer, reqwest::Error> {
+        let body = serde_json::to_vec(msg).expect("json");
+        self.try_send(reqwest::Method::POST, "/dataflows/start", Some(body))
+            .await
+    }
+
+    /// [`Dps::act`], with a failure to get an answer as an error.
+    pub async fn try_act(
+        &self,
+        id: &str,
+        action: &str,
+        extra: Value,
+    ) -> Result<Answer, reqwest::Error> {
+        let body = serde_json::to_vec(&action_body(extra)).expect("json");
+        self.try_send(
+            reqwest::Method::POST,
+            &format!("/dataflows/{id}/{action}"),
+            Some(body),
+        )
+        .await
     }
 
     /// POSTs JSON to `path`.
@@ -152,13 +198,8 @@ impl Dps {
 
     /// `POST /dataflows/{id}/{action}` with `{messageId}` plus `extra` fields.
     pub async fn act(&self, id: &str, action: &str, extra: Value) -> Answer {
-        let mut body = json!({"messageId": unique("msg")});
-        if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
-            for (k, v) in e {
-                b.insert(k.clone(), v.clone());
-            }
-        }
-        self.post(&format!("/dataflows/{id}/{action}"), &body).await
+        self.post(&format!("/dataflows/{id}/{action}"), &action_body(extra))
+            .await
     }
 
     /// `GET /dataflows/{id}/status`'s answer.

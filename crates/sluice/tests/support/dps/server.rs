@@ -20,8 +20,8 @@ pub struct Server {
     /// `http://127.0.0.1:PORT`.
     pub url: String,
     logs: Arc<Mutex<Vec<String>>>,
-    /// Keeps the data directory alive.
-    _dir: tempfile::TempDir,
+    /// The configuration file and data directory (kept alive with the server).
+    dir: Option<tempfile::TempDir>,
 }
 
 impl Drop for Server {
@@ -61,6 +61,21 @@ impl Server {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("serve.yaml");
         std::fs::write(&file, serde_json::to_string_pretty(config).expect("json")).expect("write");
+        Self::launch(dir)
+    }
+
+    /// SIGKILLs the server and starts a new one on the same configuration and data directory
+    /// (on a new port).
+    pub fn kill_and_restart(mut self) -> Server {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let dir = self.dir.take().expect("the server's directory");
+        Self::launch(dir)
+    }
+
+    /// Starts `sluice serve` on `dir/serve.yaml` and `dir/data`, and waits until it listens.
+    fn launch(dir: tempfile::TempDir) -> Server {
+        let file = dir.path().join("serve.yaml");
         let data = dir.path().join("data");
         let mut child = Command::new(BIN)
             .arg("serve")
@@ -98,7 +113,7 @@ impl Server {
                     child,
                     url: format!("http://{address}"),
                     logs,
-                    _dir: dir,
+                    dir: Some(dir),
                 };
             }
         }
