@@ -88,7 +88,7 @@ impl Default for RedbOptions {
     fn default() -> Self {
         RedbOptions {
             retention: Retention::default(),
-            checkpoint_bytes: 4 * wal::SEGMENT_BYTES,
+            checkpoint_bytes: 16 * wal::SEGMENT_BYTES,
         }
     }
 }

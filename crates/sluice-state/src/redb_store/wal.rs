@@ -57,7 +57,7 @@ fn segment_header(log_id: u64) -> [u8; SEGMENT_HEADER] {
 /// zeros ahead of time: an `fdatasync` after a write into blocks that already exist flushes the
 /// data alone, while one after an append must also journal the file's new size (measured here:
 /// ~105 µs against ~145 µs).
-pub(super) const SEGMENT_BYTES: u64 = 32 << 20;
+pub(super) const SEGMENT_BYTES: u64 = 8 << 20;
 
 /// One record read back from the log.
 #[derive(Debug, PartialEq, Eq)]
