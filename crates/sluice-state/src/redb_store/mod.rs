@@ -48,7 +48,7 @@ mod wal;
 mod writer;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
@@ -120,11 +120,6 @@ struct RedbFeed {
     wal: Wal,
     /// Log bytes after which a commit is a checkpoint.
     checkpoint_bytes: u64,
-    /// How many quarters of `checkpoint_bytes` of log have been followed by a background flush
-    /// of the file since the last checkpoint (see [`pre_flush`]).
-    pre_flushed: AtomicU64,
-    /// A background flush is running.
-    pre_flushing: Arc<AtomicBool>,
     /// The sequence number of the last log record (read and written only while holding redb's
     /// write transaction).
     last_lsn: AtomicU64,
@@ -193,8 +188,6 @@ impl RedbStore {
             wal,
             last_lsn: AtomicU64::new(last_lsn),
             checkpoint_bytes,
-            pre_flushed: AtomicU64::new(0),
-            pre_flushing: Arc::new(AtomicBool::new(false)),
             retention,
             notifier: RevisionNotifier::new(0),
         };
@@ -615,8 +608,11 @@ fn write<T>(
         feed.last_lsn.store(lsn, Ordering::Release);
         commit(txn, path)?;
         publish(feed, revision);
-        feed.wal.retire(covered)?;
-        feed.pre_flushed.store(0, Ordering::Release);
+        // The commit is durable whatever happens to the old segments: a segment left behind is
+        // deleted by the next checkpoint.
+        if let Err(e) = feed.wal.retire(covered) {
+            tracing::warn!(store = %path.display(), error = %e, "cannot delete write-ahead log segments after a checkpoint");
+        }
         tracing::debug!(
             store = %path.display(),
             log_bytes,
@@ -634,34 +630,7 @@ fn write<T>(
         return Err(failed);
     }
     publish(feed, revision);
-    let quarter = log_bytes / (feed.checkpoint_bytes / 4).max(1);
-    if quarter > feed.pre_flushed.load(Ordering::Acquire) {
-        feed.pre_flushed.store(quarter, Ordering::Release);
-        pre_flush(feed);
-    }
     Ok((answer, Some(lsn)))
-}
-
-/// Writes the file's pages dirtied by non-durable commits to disk on a thread of its own, so that
-/// the next checkpoint — which holds up every write while it syncs — finds little left to write.
-/// Only a head start: what makes the file durable is the checkpoint's own sync.
-fn pre_flush(feed: &RedbFeed) {
-    if feed.pre_flushing.swap(true, Ordering::AcqRel) {
-        return;
-    }
-    let path = feed.path.clone();
-    let flushing = Arc::clone(&feed.pre_flushing);
-    let started = std::thread::Builder::new()
-        .name("sluice-redb-flush".into())
-        .spawn(move || {
-            if let Err(e) = std::fs::File::open(&path).and_then(|f| f.sync_data()) {
-                tracing::debug!(store = %path.display(), error = %e, "background flush before a checkpoint failed");
-            }
-            flushing.store(false, Ordering::Release);
-        });
-    if started.is_err() {
-        feed.pre_flushing.store(false, Ordering::Release);
-    }
 }
 
 /// Wakes the watchers waiting for `revision`.
