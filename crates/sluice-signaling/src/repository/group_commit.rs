@@ -19,18 +19,17 @@
 //! failure is retried once per transaction, alone, so each gets its own answer.
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use futures::stream::{FuturesUnordered, StreamExt};
 
 use sluice_state::{Concurrency, StateError, Store, TxOperation};
 use tokio::sync::{mpsc, oneshot};
 
+use super::worker::{Worker, QUEUE};
+
 /// Most transactions committed together.
 pub const MAX_BATCH: usize = 256;
-
-/// Transactions waiting for the committer.
-const QUEUE: usize = 1024;
 
 /// Batches committed at once on a remote store.
 pub const REMOTE_IN_FLIGHT: usize = 2;
@@ -43,8 +42,8 @@ struct Request {
 /// Commits transactions on `store` in groups (see the module documentation).
 pub struct GroupCommit {
     store: Arc<dyn Store>,
-    /// The committer's queue, started by the first commit (inside a runtime).
-    queue: OnceLock<mpsc::Sender<Request>>,
+    /// The committer, started by the first commit.
+    committer: Worker<Request>,
     /// Batches committed at once.
     in_flight: usize,
 }
@@ -64,7 +63,7 @@ impl GroupCommit {
     pub fn with_in_flight(store: Arc<dyn Store>, in_flight: usize) -> Self {
         GroupCommit {
             store,
-            queue: OnceLock::new(),
+            committer: Worker::new("group commit"),
             in_flight: in_flight.max(1),
         }
     }
@@ -72,23 +71,20 @@ impl GroupCommit {
     /// Commits `ops` as one transaction, possibly together with others; returns once it is
     /// committed, with the error [`Store::multi`] would have returned for `ops` alone.
     pub async fn multi(&self, ops: Vec<TxOperation>) -> Result<(), StateError> {
-        let queue = self.queue.get_or_init(|| {
-            let (tx, rx) = mpsc::channel(QUEUE);
-            tokio::spawn(committer(Arc::clone(&self.store), rx, self.in_flight));
-            tx
-        });
-        let (reply, answer) = oneshot::channel();
-        if let Err(mpsc::error::SendError(request)) = queue.send(Request { ops, reply }).await {
+        let store = Arc::clone(&self.store);
+        let in_flight = self.in_flight;
+        let sent = self
+            .committer
+            .call(
+                |rx| committer(store, rx, in_flight),
+                |reply| Request { ops, reply },
+            )
+            .await;
+        match sent {
+            Ok(answer) => answer,
             // The committer is gone (its runtime shut down): commit alone.
-            return self.store.multi(request.ops).await;
+            Err(request) => self.store.multi(request.ops).await,
         }
-        answer.await.unwrap_or_else(|_| {
-            Err(StateError::Backend {
-                backend: "group commit",
-                message: "the committer stopped before answering; the outcome is unknown".into(),
-                transient: true,
-            })
-        })
     }
 }
 

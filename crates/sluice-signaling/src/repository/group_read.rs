@@ -9,16 +9,15 @@
 //! [`Features::remote`]: sluice_state::Features::remote
 
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use sluice_state::{Item, StateError, Store};
 use tokio::sync::{mpsc, oneshot};
 
+use super::worker::Worker;
+
 /// Most keys read together.
 pub const MAX_BATCH: usize = 256;
-
-/// Reads waiting for the reader.
-const QUEUE: usize = 1024;
 
 type Reply = oneshot::Sender<Result<Option<Item>, StateError>>;
 
@@ -30,8 +29,8 @@ struct Request {
 /// Reads keys of `store` in groups (see the module documentation).
 pub struct GroupRead {
     store: Arc<dyn Store>,
-    /// The reader's queue, started by the first read (inside a runtime).
-    queue: OnceLock<mpsc::Sender<Request>>,
+    /// The reader, started by the first read.
+    reader: Worker<Request>,
 }
 
 impl GroupRead {
@@ -39,33 +38,28 @@ impl GroupRead {
     pub fn new(store: Arc<dyn Store>) -> Self {
         GroupRead {
             store,
-            queue: OnceLock::new(),
+            reader: Worker::new("group read"),
         }
     }
 
     /// The item at `key`, read together with other waiting reads.
     pub async fn get(&self, key: &str) -> Result<Option<Item>, StateError> {
-        let queue = self.queue.get_or_init(|| {
-            let (tx, rx) = mpsc::channel(QUEUE);
-            tokio::spawn(reader(Arc::clone(&self.store), rx));
-            tx
-        });
-        let (reply, answer) = oneshot::channel();
-        let request = Request {
-            key: key.to_string(),
-            reply,
-        };
-        if let Err(mpsc::error::SendError(request)) = queue.send(request).await {
+        let store = Arc::clone(&self.store);
+        let sent = self
+            .reader
+            .call(
+                |rx| reader(store, rx),
+                |reply| Request {
+                    key: key.to_string(),
+                    reply,
+                },
+            )
+            .await;
+        match sent {
+            Ok(answer) => answer,
             // The reader is gone (its runtime shut down): read alone.
-            return self.store.get(&request.key).await;
+            Err(request) => self.store.get(&request.key).await,
         }
-        answer.await.unwrap_or_else(|_| {
-            Err(StateError::Backend {
-                backend: "group read",
-                message: "the reader stopped before answering".into(),
-                transient: true,
-            })
-        })
     }
 }
 
