@@ -173,15 +173,7 @@ impl Wal {
                 .map_err(|e| io_error(&path, "truncate", e))?;
         }
         let number = numbers.last().map_or(1, |n| n + 1);
-        let path = segment_path(base, number);
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(|e| io_error(&path, "create", e))?;
-        file.write_all(&segment_header(log_id))
-            .map_err(|e| io_error(&path, "write", e))?;
-        sync_dir(base)?;
+        let file = start_segment(base, number, log_id)?;
         let last = entries.last().map_or(0, |e| e.lsn);
         let (status, _) = tokio::sync::watch::channel(SyncStatus {
             synced: last,
@@ -356,11 +348,7 @@ impl Wal {
             .sync_data()
             .map_err(|e| io_error(&old_path, "sync", e))?;
         let number = appender.number + 1;
-        let path = segment_path(&shared.base, number);
-        let mut file = take_spare(&shared.base, &path)?;
-        file.write_all(&segment_header(shared.log_id))
-            .map_err(|e| io_error(&path, "write", e))?;
-        sync_dir(&shared.base)?;
+        let file = start_segment(&shared.base, number, shared.log_id)?;
         appender.file = Arc::new(file);
         appender.number = number;
         appender.len = SEGMENT_HEADER as u64;
@@ -590,6 +578,17 @@ fn write_spare_unless(base: &Path, closed: &AtomicBool) -> std::io::Result<()> {
     }
     file.sync_all()?;
     std::fs::rename(&temp, &spare)
+}
+
+/// Creates segment `number` of `base`'s log — from the spare if one is ready — with its header
+/// written and its directory entry durable; returns it open for appending after the header.
+fn start_segment(base: &Path, number: u64, log_id: u64) -> Result<File, StateError> {
+    let path = segment_path(base, number);
+    let mut file = take_spare(base, &path)?;
+    file.write_all(&segment_header(log_id))
+        .map_err(|e| io_error(&path, "write", e))?;
+    sync_dir(base)?;
+    Ok(file)
 }
 
 /// Opens segment `path` for appending: the spare renamed, if one is ready, else a new file.
