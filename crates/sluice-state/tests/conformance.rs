@@ -8,8 +8,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use sluice_state::conformance::{self, Options};
 use sluice_state::{
-    Concurrency, DeleteRequest, Features, Item, MemoryStore, RedbStore, SetRequest, StateError,
-    Store, TxOperation,
+    Concurrency, DeleteRequest, Features, Item, MemoryStore, RedbOptions, RedbStore, SetRequest,
+    StateError, Store, TxOperation,
 };
 
 fn redb_store(dir: &tempfile::TempDir) -> Arc<dyn Store> {
@@ -41,6 +41,21 @@ async fn memory_store_passes_the_suite_on_a_current_thread_runtime_with_a_store_
 async fn redb_store_passes_the_suite() {
     let dir = tempfile::tempdir().expect("tempdir");
     conformance::run_all(redb_store(&dir)).await;
+}
+
+/// With a file commit every few store commits, reads merge held writes with the file's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redb_store_passes_the_suite_when_held_writes_reach_the_file_every_few_commits() {
+    for flush_commits in [1, 3] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let options = RedbOptions {
+            flush_commits,
+            ..RedbOptions::default()
+        };
+        let store = RedbStore::open_with_options(dir.path().join("state.redb"), options)
+            .expect("open redb store");
+        conformance::run_all(Arc::new(store)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

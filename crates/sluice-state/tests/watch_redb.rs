@@ -5,11 +5,17 @@ use std::sync::Arc;
 
 use sluice_state::conformance::watch;
 use sluice_state::watch::{watch as start_watch, WatchEvent, WatchOptions};
-use sluice_state::{RedbStore, SetRequest, Store};
+use sluice_state::{RedbOptions, RedbStore, SetRequest, Store};
 
+/// A store that writes its held commits to the file every third commit, so that the scenarios
+/// read history and snapshots from both the file and the held writes.
 fn store() -> (tempfile::TempDir, Arc<dyn Store>) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = RedbStore::open(dir.path().join("state.redb")).expect("open");
+    let options = RedbOptions {
+        flush_commits: 3,
+        ..RedbOptions::default()
+    };
+    let store = RedbStore::open_with_options(dir.path().join("state.redb"), options).expect("open");
     (dir, Arc::new(store))
 }
 

@@ -5,13 +5,15 @@
 //! Unix epoch, for age retention), then three length-prefixed (`u32` little-endian) fields —
 //! key, value, previous value — each length `u32::MAX` when the field is absent.
 
+use std::ops::Bound;
 use std::path::Path;
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use redb::{Database, ReadableDatabase, TableError};
+use redb::{Database, TableError};
 
 use super::errors::{backend_error, corrupt, op_error};
+use super::overlay::{merge, Overlay};
 use super::record;
 use super::tables::{CHANGES, COMPACTED_THROUGH, ITEMS, LAST_VERSION, META};
 use crate::error::StateError;
@@ -123,44 +125,86 @@ fn meta(txn: &redb::ReadTransaction, path: &Path, name: &str) -> Result<u64, Sta
         .map_or(0, |g| g.value()))
 }
 
+/// A counter: the overlay's if it holds one, else the file's.
+fn counter(
+    held: Option<u64>,
+    txn: &redb::ReadTransaction,
+    path: &Path,
+    name: &str,
+) -> Result<u64, StateError> {
+    match held {
+        Some(value) => Ok(value),
+        None => meta(txn, path, name),
+    }
+}
+
 /// The latest revision.
-pub(super) fn current_revision(db: &Database, path: &Path) -> Result<u64, StateError> {
-    let txn = db
-        .begin_read()
-        .map_err(|e| op_error(path, "begin a read transaction on", e))?;
-    meta(&txn, path, LAST_VERSION)
+pub(super) fn current_revision(
+    db: &Database,
+    path: &Path,
+    overlay: &Overlay,
+) -> Result<u64, StateError> {
+    let (held, txn) = overlay.read(db, path, |l| l.counter(LAST_VERSION))?;
+    counter(held, &txn, path, LAST_VERSION)
+}
+
+/// What [`changes_after`] takes from the overlay.
+struct HeldHistory {
+    compacted: Option<u64>,
+    last: Option<u64>,
+    dropped_through: u64,
+    changes: Vec<((u64, u32), Bytes)>,
 }
 
 /// Changes after `after`, about `limit`, whole revisions; or `Compacted`.
 pub(super) fn changes_after(
     db: &Database,
     path: &Path,
+    overlay: &Overlay,
     after: u64,
     limit: usize,
 ) -> Result<ChangesAfter, StateError> {
-    let txn = db
-        .begin_read()
-        .map_err(|e| op_error(path, "begin a read transaction on", e))?;
-    let compacted = meta(&txn, path, COMPACTED_THROUGH)?;
-    let last = meta(&txn, path, LAST_VERSION)?;
+    let start = after.saturating_add(1);
+    let (held, txn) = overlay.read(db, path, |l| HeldHistory {
+        compacted: l.counter(COMPACTED_THROUGH),
+        last: l.counter(LAST_VERSION),
+        dropped_through: l.dropped_through,
+        changes: l
+            .changes
+            .range((start, 0)..)
+            .map(|(k, v)| (*k, v.clone()))
+            .collect(),
+    })?;
+    let compacted = counter(held.compacted, &txn, path, COMPACTED_THROUGH)?;
+    let last = counter(held.last, &txn, path, LAST_VERSION)?;
     if after < compacted || after > last {
         return Ok(ChangesAfter::Compacted { oldest: compacted });
     }
     let table = txn
         .open_table(CHANGES)
         .map_err(|e| op_error(path, "open the changes table of", e))?;
-    let start = after.saturating_add(1);
     let range = table
-        .range((start, 0)..)
+        .range((start.max(held.dropped_through.saturating_add(1)), 0)..)
         .map_err(|e| op_error(path, "scan the changes of", e))?;
+    // The overlay's changes come after the file's; the file may already hold them too (it was
+    // committed, the overlay not yet emptied), and then they are read from the overlay.
+    let first_held = held.changes.first().map(|(k, _)| *k);
+    let file = range
+        .map(|entry| {
+            let (k, v) = entry.map_err(|e| op_error(path, "scan the changes of", e))?;
+            Ok((k.value(), Bytes::copy_from_slice(v.value())))
+        })
+        .take_while(|e: &Result<_, StateError>| {
+            e.as_ref()
+                .map_or(true, |(k, _)| first_held.is_none_or(|first| *k < first))
+        });
     let mut changes: Vec<Change> = Vec::new();
-    for entry in range {
-        let (k, v) = entry.map_err(|e| op_error(path, "scan the changes of", e))?;
-        let (revision, _) = k.value();
+    for entry in file.chain(held.changes.into_iter().map(Ok)) {
+        let ((revision, _), raw) = entry?;
         if changes.len() >= limit.max(1) && changes.last().is_some_and(|c| c.revision != revision) {
             break;
         }
-        let (change, _) = decode(revision, v.value()).map_err(|e| {
+        let (change, _) = decode(revision, &raw).map_err(|e| {
             backend_error(format!(
                 "{} holds a bad change record at revision {revision}: {e}",
                 path.display()
@@ -175,43 +219,57 @@ pub(super) fn changes_after(
     }))
 }
 
-/// Every live item under `prefixes`, with the revision, from one read transaction.
+/// Every live item under `prefixes`, with the revision, from one consistent state.
 pub(super) fn snapshot(
     db: &Database,
     path: &Path,
+    overlay: &Overlay,
     prefixes: &[String],
 ) -> Result<Snapshot, StateError> {
-    let txn = db
-        .begin_read()
-        .map_err(|e| op_error(path, "begin a read transaction on", e))?;
-    let revision = meta(&txn, path, LAST_VERSION)?;
+    let now_ms = ttl::to_unix_millis(SystemTime::now());
+    let prefixes = normalize_prefixes(prefixes);
+    let (held, txn) = overlay.read(db, path, |l| {
+        let items = prefixes
+            .iter()
+            .map(|p| l.items_from(Bound::Included(p.as_str()), |k| k.starts_with(p.as_str())))
+            .collect::<Vec<_>>();
+        (l.counter(LAST_VERSION), items)
+    })?;
+    let (held_revision, held_items) = held;
+    let revision = counter(held_revision, &txn, path, LAST_VERSION)?;
     let table = match txn.open_table(ITEMS) {
-        Ok(t) => t,
-        Err(TableError::TableDoesNotExist(_)) => {
-            return Ok(Snapshot {
-                revision,
-                entries: Vec::new(),
-            })
-        }
+        Ok(t) => Some(t),
+        Err(TableError::TableDoesNotExist(_)) => None,
         Err(e) => return Err(op_error(path, "open the items table of", e)),
     };
-    let now_ms = ttl::to_unix_millis(SystemTime::now());
     let mut entries = Vec::new();
-    for prefix in normalize_prefixes(prefixes) {
-        let range = table
-            .range(prefix.as_str()..)
-            .map_err(|e| op_error(path, "scan", e))?;
-        for entry in range {
-            let (k, v) = entry.map_err(|e| op_error(path, "scan", e))?;
-            let key = k.value();
-            if !key.starts_with(prefix.as_str()) {
-                break;
+    for (prefix, held) in prefixes.iter().zip(held_items) {
+        let file: Box<dyn Iterator<Item = Result<(String, Bytes), StateError>>> = match &table {
+            Some(table) => {
+                let range = table
+                    .range(prefix.as_str()..)
+                    .map_err(|e| op_error(path, "scan", e))?;
+                Box::new(
+                    range
+                        .map(|entry| {
+                            let (k, v) = entry.map_err(|e| op_error(path, "scan", e))?;
+                            Ok((k.value().to_string(), Bytes::copy_from_slice(v.value())))
+                        })
+                        .take_while(|e| {
+                            e.as_ref()
+                                .map_or(true, |(k, _)| k.starts_with(prefix.as_str()))
+                        }),
+                )
             }
-            let r = record::decode(v.value()).map_err(|e| corrupt(path, key, e))?;
+            None => Box::new(std::iter::empty()),
+        };
+        for entry in merge(file, held) {
+            let (key, raw) = entry?;
+            let r = record::decode(&raw).map_err(|e| corrupt(path, &key, e))?;
             if r.live(now_ms) {
                 entries.push(KeyValue {
-                    key: key.to_string(),
                     value: Bytes::copy_from_slice(r.value),
+                    key,
                 });
             }
         }

@@ -7,19 +7,23 @@
 //! twice — not after a delete and re-create, not after a reopen — and the counter doubles as the
 //! global revision a later watch API needs.
 //!
-//! Writes run on tokio's blocking pool, one write transaction per call. A write is durable when
-//! it returns: it is appended to a write-ahead log beside the file (`<file>.wal`, see [`wal`]),
-//! committed to redb without an fsync of the file, and answered once an `fdatasync` of the log
-//! covers it — concurrent writes share one. The file itself is made durable by a checkpoint every
-//! [`RedbOptions::checkpoint_bytes`] or [`CHECKPOINT_RECORDS`] of log, after which the log is emptied; opening
-//! the store replays the records a crash left in the log. A write becomes visible to readers once
-//! it is in the log (a crash of the process from then on no longer loses it), a moment before it
-//! is on disk and answered. [`Store::set_many`], [`Store::delete_many`] and [`Store::multi`]
-//! commit a whole batch as one record. A call that changes nothing (a rejected write, a delete of
-//! a missing key) commits nothing.
+//! Writes run on tokio's blocking pool, one at a time. A write is durable when it returns: it
+//! is appended to a write-ahead log beside the file (`<file>.wal-*`, see [`wal`]) and answered
+//! once an `fdatasync` of the log covers it — concurrent writes share one. Its changes go into a
+//! redb write transaction held open across writes ([`pending`]) that is committed to the file,
+//! without an fsync, every [`RedbOptions::flush_commits`] writes: redb copies and hashes each
+//! page a file commit touches, once per file commit rather than once per write. Until then
+//! readers see the held writes through an in-memory [`overlay`] consulted before the file. The
+//! file itself is made durable by a checkpoint every [`RedbOptions::checkpoint_bytes`] or
+//! [`CHECKPOINT_RECORDS`] of log, after which the log is emptied; opening the store replays the
+//! records a crash left in the log. A write becomes visible to readers once it is in the log (a
+//! crash of the process from then on no longer loses it), a moment before it is on disk and
+//! answered. [`Store::set_many`], [`Store::delete_many`] and [`Store::multi`] commit a whole
+//! batch as one record. A call that changes nothing (a rejected write, a delete of a missing
+//! key) commits nothing.
 //!
-//! Reads run inline on the calling task. A get is one short redb read transaction served from
-//! redb's own page cache (about 1 µs); a `spawn_blocking` round trip per get measured 10–20×
+//! Reads run inline on the calling task. A get is a look into the overlay, then one short redb
+//! read transaction served from redb's own page cache (about 1 µs); a `spawn_blocking` round trip per get measured 10–20×
 //! slower (release build, 2 cores: 0.5–1 M inline gets/s vs 25–60 k/s through `spawn_blocking`
 //! from one task, 100–160 k/s from four — see `examples/redb_throughput.rs`). The cost of
 //! the choice: a get that misses the cache reads the file on the worker thread, like any small
@@ -41,6 +45,8 @@
 
 mod changes;
 mod errors;
+mod overlay;
+mod pending;
 mod reader;
 mod record;
 mod tables;
@@ -63,6 +69,8 @@ use crate::watch::{
     Snapshot, DEFAULT_REAP_INTERVAL,
 };
 use errors::{backend_error, op_error, open_error, BACKEND};
+use overlay::Overlay;
+use pending::Held;
 use tables::{Tables, CHANGES, DEADLINES, ITEMS, WAL_APPLIED, WAL_LOG_ID};
 use wal::Wal;
 use writer::Writer;
@@ -82,6 +90,11 @@ pub struct RedbOptions {
     /// checkpoint) and the log before it deleted: the most a reopen after a crash replays.
     /// Default 128 MiB. Smaller means more frequent checkpoints, each a pause of the writes.
     pub checkpoint_bytes: u64,
+    /// Commits held in memory (readers see them, the log has them) before they are written to
+    /// the file together. Default 1024. More means fewer, larger writes to the file — redb
+    /// copies each page a write touches once per file commit, not once per store commit — and
+    /// more memory; 1 writes every commit to the file at once.
+    pub flush_commits: usize,
 }
 
 impl Default for RedbOptions {
@@ -89,6 +102,10 @@ impl Default for RedbOptions {
         RedbOptions {
             retention: Retention::default(),
             checkpoint_bytes: 16 * wal::SEGMENT_BYTES,
+            flush_commits: std::env::var("SLUICE_EXP_FLUSH")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1024),
         }
     }
 }
@@ -120,9 +137,13 @@ struct RedbFeed {
     wal: Wal,
     /// Log bytes after which a commit is a checkpoint.
     checkpoint_bytes: u64,
-    /// The sequence number of the last log record (read and written only while holding redb's
-    /// write transaction).
+    /// The sequence number of the last log record (read and written only while holding
+    /// `held`).
     last_lsn: AtomicU64,
+    /// The write transaction held open across commits; its lock makes commits one at a time.
+    held: parking_lot::Mutex<Held>,
+    /// What readers must see of the commits `held` has not committed to the file yet.
+    overlay: Overlay,
     retention: Retention,
     notifier: RevisionNotifier,
 }
@@ -168,6 +189,7 @@ impl RedbStore {
         let RedbOptions {
             retention,
             checkpoint_bytes,
+            flush_commits,
         } = options;
         let path = path.as_ref().to_path_buf();
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -187,15 +209,20 @@ impl RedbStore {
             path,
             wal,
             last_lsn: AtomicU64::new(last_lsn),
+            held: parking_lot::Mutex::new(Held::new(flush_commits)),
+            overlay: Overlay::default(),
             checkpoint_bytes,
             retention,
             notifier: RevisionNotifier::new(0),
         };
-        if let (_, Some(lsn)) = write(&feed, |w| Ok((w.sweep(usize::MAX)?, true)))? {
+        if let (_, Some(lsn)) = write(&feed, |w| w.sweep(usize::MAX))? {
             feed.wal.sync_blocking(lsn)?;
         }
-        feed.notifier
-            .publish(changes::current_revision(&feed.db, &feed.path)?);
+        feed.notifier.publish(changes::current_revision(
+            &feed.db,
+            &feed.path,
+            &feed.overlay,
+        )?);
         Ok(RedbStore {
             feed: Arc::new(feed),
             reaper: OnceLock::new(),
@@ -226,23 +253,12 @@ impl RedbStore {
         self.feed.purge_expired().await
     }
 
-    /// Runs `f` with the database on tokio's blocking pool.
-    async fn blocking<T, F>(&self, f: F) -> Result<T, StateError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Database, &Path) -> Result<T, StateError> + Send + 'static,
-    {
-        self.feed
-            .blocking(move |feed| f(&feed.db, &feed.path))
-            .await
-    }
-
     /// Runs `f` in one write transaction on the blocking pool (see [`write`]); returns once it
     /// is durable.
     async fn write<T, F>(&self, f: F) -> Result<T, StateError>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Writer<'_>) -> Result<(T, bool), StateError> + Send + 'static,
+        F: FnOnce(&mut Writer<'_>) -> Result<T, StateError> + Send + 'static,
     {
         self.feed.write(f).await
     }
@@ -314,7 +330,7 @@ impl RedbFeed {
     async fn write<T, F>(self: &Arc<Self>, f: F) -> Result<T, StateError>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Writer<'_>) -> Result<(T, bool), StateError> + Send + 'static,
+        F: FnOnce(&mut Writer<'_>) -> Result<T, StateError> + Send + 'static,
     {
         let (answer, lsn) = self.blocking(move |feed| write(feed, f)).await?;
         if let Some(lsn) = lsn {
@@ -337,11 +353,19 @@ impl RedbFeed {
 
     /// Sweeps every expired item and applies the history's age bound, in one transaction.
     async fn purge_expired(self: &Arc<Self>) -> Result<usize, StateError> {
-        self.write(|w| {
-            let swept = w.sweep(usize::MAX)?;
-            Ok((swept, true))
-        })
-        .await
+        self.write(|w| w.sweep(usize::MAX)).await
+    }
+}
+
+impl Drop for RedbFeed {
+    /// Commits the held writes to the file, durably: a clean close leaves nothing to replay.
+    fn drop(&mut self) {
+        let held = self.held.get_mut();
+        if held.is_open() {
+            if let Err(e) = held.commit(&self.db, &self.path, Durability::Immediate) {
+                tracing::warn!(store = %self.path.display(), error = %e, "cannot commit held writes on close; the next open replays them from the log");
+            }
+        }
     }
 }
 
@@ -364,12 +388,12 @@ impl ChangeFeed for Arc<RedbFeed> {
 
     async fn snapshot(&self, prefixes: &[String]) -> Result<Snapshot, StateError> {
         let prefixes = prefixes.to_vec();
-        self.blocking(move |f| changes::snapshot(&f.db, &f.path, &prefixes))
+        self.blocking(move |f| changes::snapshot(&f.db, &f.path, &f.overlay, &prefixes))
             .await
     }
 
     async fn changes_after(&self, after: u64, limit: usize) -> Result<ChangesAfter, StateError> {
-        self.blocking(move |f| changes::changes_after(&f.db, &f.path, after, limit))
+        self.blocking(move |f| changes::changes_after(&f.db, &f.path, &f.overlay, after, limit))
             .await
     }
 
@@ -378,8 +402,7 @@ impl ChangeFeed for Arc<RedbFeed> {
     }
 
     async fn compact(&self, through: u64) -> Result<u64, StateError> {
-        self.write(move |w| Ok((w.compact_through(through)?, true)))
-            .await
+        self.write(move |w| w.compact_through(through)).await
     }
 }
 
@@ -404,16 +427,14 @@ impl Store for RedbStore {
 
     async fn get(&self, key: &str) -> Result<Option<Item>, StateError> {
         crate::etag::check_key(key)?;
-        reader::get(&self.feed.db, &self.feed.path, key)
+        reader::get(&self.feed.db, &self.feed.path, &self.feed.overlay, key)
     }
 
     async fn set(&self, req: SetRequest) -> Result<String, StateError> {
         crate::etag::check_key(&req.key)?;
         self.write(move |w| {
             w.sweep(SWEEP_PER_WRITE)?;
-            let result = w.set(&req)?;
-            let keep = result.is_ok();
-            Ok((result.map(|v| v.to_string()), keep))
+            Ok(w.set(&req)?.map(|v| v.to_string()))
         })
         .await?
     }
@@ -422,11 +443,10 @@ impl Store for RedbStore {
         crate::etag::check_key(&req.key)?;
         self.write(move |w| {
             let result = w.delete(&req)?;
-            let keep = result.is_ok();
-            if keep {
+            if result.is_ok() {
                 w.sweep(SWEEP_PER_WRITE)?;
             }
-            Ok((result.map(drop), keep))
+            Ok(result.map(drop))
         })
         .await?
     }
@@ -446,7 +466,7 @@ impl Store for RedbStore {
                     .iter()
                     .map(|req| Ok(w.set(req)?.map(|v| v.to_string())))
                     .collect::<Result<Vec<_>, StateError>>()?;
-                Ok((results, true))
+                Ok(results)
             })
             .await;
         match outcome {
@@ -460,12 +480,14 @@ impl Store for RedbStore {
     /// Reads every key from one snapshot; inline for a few keys, on the blocking pool for many.
     async fn bulk_get(&self, keys: &[String]) -> Vec<Result<Option<Item>, StateError>> {
         if keys.len() <= INLINE_BULK_GET {
-            return reader::bulk_get(&self.feed.db, &self.feed.path, keys);
+            let feed = &self.feed;
+            return reader::bulk_get(&feed.db, &feed.path, &feed.overlay, keys);
         }
         let owned = keys.to_vec();
         let count = owned.len();
         match self
-            .blocking(move |db, path| Ok(reader::bulk_get(db, path, &owned)))
+            .feed
+            .blocking(move |f| Ok(reader::bulk_get(&f.db, &f.path, &f.overlay, &owned)))
             .await
         {
             Ok(results) => results,
@@ -488,7 +510,7 @@ impl Store for RedbStore {
                     .map(|req| Ok(w.delete(req)?.map(drop)))
                     .collect::<Result<Vec<_>, StateError>>()?;
                 w.sweep(SWEEP_PER_WRITE)?;
-                Ok((results, true))
+                Ok(results)
             })
             .await;
         match outcome {
@@ -518,14 +540,14 @@ impl Store for RedbStore {
                         key: op.key().to_string(),
                         source: Box::new(source),
                     };
-                    return Ok((Err(aborted), false));
+                    return Ok(Err(aborted));
                 }
             }
             for op in &ops {
                 w.apply(op)?;
             }
             w.sweep(SWEEP_PER_WRITE)?;
-            Ok((Ok(()), true))
+            Ok(Ok(()))
         })
         .await?
     }
@@ -533,13 +555,13 @@ impl Store for RedbStore {
     async fn delete_with_prefix(&self, prefix: &str) -> Result<u64, StateError> {
         keys::check_prefix(prefix)?;
         let prefix = prefix.to_string();
-        self.write(move |w| Ok((w.delete_prefix(&prefix)?, true)))
-            .await
+        self.write(move |w| w.delete_prefix(&prefix)).await
     }
 
     async fn keys(&self, pattern: &str, page: Page) -> Result<KeyPage, StateError> {
         let pattern = pattern.to_string();
-        self.blocking(move |db, path| reader::keys(db, path, &pattern, &page))
+        self.feed
+            .blocking(move |f| reader::keys(&f.db, &f.path, &f.overlay, &pattern, &page))
             .await
     }
 
@@ -547,7 +569,11 @@ impl Store for RedbStore {
     /// objects, on the blocking pool.
     async fn query(&self, q: &Query) -> Result<QueryResponse, StateError> {
         let q = q.clone();
-        self.blocking(move |db, path| query::run(reader::object_items(db, path)?.into_iter(), &q))
+        self.feed
+            .blocking(move |f| {
+                let items = reader::object_items(&f.db, &f.path, &f.overlay)?;
+                query::run(items.into_iter(), &q)
+            })
             .await
     }
 
@@ -560,53 +586,61 @@ impl Store for RedbStore {
     }
 }
 
-/// Runs `f` in one write transaction; returns its answer and, if the commit still has to wait
-/// for the log to reach the disk, the sequence number to wait for ([`Wal::synced`]). `f` returns
-/// its answer and whether to keep its changes; they are committed only if it says so and
-/// something changed, else the transaction is aborted (nothing written). A backend error from
-/// `f` aborts too.
+/// Runs `f` as one commit; returns its answer and, if the commit still has to wait for the log
+/// to reach the disk, the sequence number to wait for ([`Wal::synced`]). `f` returns its
+/// answer; what it changed is committed if it changed anything (a rejected request changes
+/// nothing). A backend error from `f` drops what it changed.
 ///
-/// A kept transaction is appended to the write-ahead log, then committed to redb without an
-/// fsync of its own: visible to readers from then on (it is in the log, so a crash of the
-/// process no longer loses it), durable once the log's syncer has run. Every so often a commit
-/// is made durable in the file itself instead (a checkpoint) and the log's older segments
-/// deleted.
+/// A commit is appended to the write-ahead log and made visible to readers through the
+/// [`Overlay`] (it is in the log, so a crash of the process no longer loses it); it is durable
+/// once the log's syncer has run. Its changes also go into the write transaction held open
+/// across commits ([`Held`]), which is committed to the file without an fsync every so often
+/// (the overlay is emptied then). Once the log has grown enough, a commit is made durable in the
+/// file itself instead (a checkpoint) and the log's older segments deleted.
 ///
-/// Once committed, the transaction's revision is published to watchers. redb runs one write
-/// transaction at a time, so log records and revisions are in commit order and a reader woken by
-/// revision R sees every revision up to R.
+/// Once committed, the transaction's revision is published to watchers. Commits run one at a
+/// time, so log records and revisions are in commit order and a reader woken by revision R sees
+/// every revision up to R.
 fn write<T>(
     feed: &RedbFeed,
-    f: impl FnOnce(&mut Writer<'_>) -> Result<(T, bool), StateError>,
+    f: impl FnOnce(&mut Writer<'_>) -> Result<T, StateError>,
 ) -> Result<(T, Option<u64>), StateError> {
     let path = feed.path.as_path();
-    let mut txn = begin_write(&feed.db, path, Durability::None)?;
+    let mut held = feed.held.lock();
     let lsn = feed.last_lsn.load(Ordering::Acquire) + 1;
-    let (answer, redo, revision) = {
-        let mut w = Writer::open(&txn, path, feed.retention)?;
-        let (answer, keep) = f(&mut w)?;
+    let outcome = held.txn(&feed.db, path).and_then(|txn| {
+        let mut w = Writer::open(txn, path, feed.retention)?;
+        let answer = f(&mut w)?;
         let (changed, revision) = w.finish()?;
-        let redo = if keep && changed {
-            Some(w.seal(lsn)?)
-        } else {
-            None
-        };
-        (answer, redo, revision)
+        let redo = if changed { Some(w.seal(lsn)?) } else { None };
+        Ok((answer, redo, revision))
+    });
+    let (answer, redo, revision) = match outcome {
+        Ok(done) => done,
+        Err(failed) => {
+            if held.is_open() {
+                held.restore(&feed.db, path);
+            }
+            return Err(failed);
+        }
     };
     let Some(redo) = redo else {
-        abort(txn, path)?;
         return Ok((answer, None));
     };
     let (log_bytes, log_records) = feed.wal.pending();
-    let checkpoint = log_bytes >= feed.checkpoint_bytes || log_records >= CHECKPOINT_RECORDS;
-    if checkpoint {
+    if log_bytes >= feed.checkpoint_bytes || log_records >= CHECKPOINT_RECORDS {
         // The log's records so far become redundant once this commit is durable in the file.
         let began = std::time::Instant::now();
-        let covered = feed.wal.rotate()?;
-        txn.set_durability(Durability::Immediate)
-            .map_err(|e| op_error(path, "set durability on", e))?;
+        let covered = match feed.wal.rotate() {
+            Ok(covered) => covered,
+            Err(failed) => {
+                held.restore(&feed.db, path);
+                return Err(failed);
+            }
+        };
+        held.commit(&feed.db, path, Durability::Immediate)?;
         feed.last_lsn.store(lsn, Ordering::Release);
-        commit(txn, path)?;
+        feed.overlay.clear();
         publish(feed, revision);
         // The commit is durable whatever happens to the old segments: a segment left behind is
         // deleted by the next checkpoint.
@@ -622,15 +656,33 @@ fn write<T>(
         );
         return Ok((answer, None));
     }
-    let record_bytes = feed.wal.append(lsn, &redo)?;
-    // Before the commit lets the next writer in. A failed commit leaves a gap in the numbers.
-    feed.last_lsn.store(lsn, Ordering::Release);
-    if let Err(failed) = commit(txn, path) {
-        feed.wal.retract(lsn, record_bytes)?;
+    if let Err(failed) = feed.wal.append(lsn, &redo) {
+        held.restore(&feed.db, path);
         return Err(failed);
     }
+    feed.last_lsn.store(lsn, Ordering::Release);
+    // Our own record always decodes; were it not to, the commit is still in the log and the
+    // open transaction, and readers see it from the next flush on.
+    let shown = feed.overlay.apply(&redo, path);
+    held.hold(redo);
     publish(feed, revision);
+    if held.due() {
+        flush(feed, &mut held);
+    }
+    shown?;
     Ok((answer, Some(lsn)))
+}
+
+/// Commits the open transaction to the file without an fsync (the log has its commits) and
+/// empties the overlay. A failure is only logged: the transaction is rebuilt and tried again
+/// with the next flush.
+fn flush(feed: &RedbFeed, held: &mut Held) {
+    match held.commit(&feed.db, &feed.path, Durability::None) {
+        Ok(()) => feed.overlay.clear(),
+        Err(e) => {
+            tracing::warn!(store = %feed.path.display(), error = %e, "cannot commit held writes to the file; keeping them in memory");
+        }
+    }
 }
 
 /// Wakes the watchers waiting for `revision`.
@@ -663,4 +715,42 @@ fn commit(txn: WriteTransaction, path: &Path) -> Result<(), StateError> {
 fn abort(txn: WriteTransaction, path: &Path) -> Result<(), StateError> {
     txn.abort()
         .map_err(|e| op_error(path, "abort a transaction on", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A commit that fails half-way leaves no trace, and the commits held before it stay.
+    #[tokio::test]
+    async fn a_commit_failing_half_way_keeps_the_held_commits() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state.redb");
+        {
+            let store = RedbStore::open(&path).expect("open");
+            store.set(SetRequest::new("kept", "1")).await.expect("set");
+            let failed = store
+                .write(|w| {
+                    w.set(&SetRequest::new("half", "x"))?
+                        .map_err(|e| backend_error(e.to_string()))?;
+                    Err::<(), _>(backend_error("injected failure".to_string()))
+                })
+                .await;
+            assert!(failed.is_err());
+            assert!(store.get("half").await.expect("get").is_none());
+            assert!(
+                store.feed.held.lock().is_open(),
+                "the transaction was rebuilt"
+            );
+            store
+                .set(SetRequest::new("after", "2"))
+                .await
+                .expect("set after");
+            assert!(store.get("kept").await.expect("get").is_some());
+        }
+        let store = RedbStore::open(&path).expect("reopen");
+        assert!(store.get("half").await.expect("get").is_none());
+        assert!(store.get("kept").await.expect("get").is_some());
+        assert!(store.get("after").await.expect("get").is_some());
+    }
 }

@@ -174,55 +174,104 @@ impl<'t> Tables<'t> {
     }
 
     /// Applies a redo record made by [`Tables::take_redo`] (and appends it to this one's).
-    pub(super) fn replay(&mut self, mut redo: &[u8]) -> Result<(), StateError> {
+    pub(super) fn replay(&mut self, redo: &[u8]) -> Result<(), StateError> {
         let path = self.path;
-        let bad = |what: &str| {
-            backend_error(format!(
-                "the write-ahead log of {} holds a bad record ({what})",
-                path.display()
-            ))
-        };
-        while let Some((&tag, rest)) = redo.split_first() {
-            redo = rest;
-            match tag {
-                PUT_ITEM => {
-                    let key = take_str(&mut redo).ok_or_else(|| bad("item key"))?;
-                    let record = take_bytes(&mut redo).ok_or_else(|| bad("item record"))?;
-                    self.put_item(key, record)?;
-                }
-                DEL_ITEM => {
-                    let key = take_str(&mut redo).ok_or_else(|| bad("item key"))?;
-                    self.del_item(key)?;
-                }
-                PUT_DEADLINE | DEL_DEADLINE => {
-                    let at = take_u64(&mut redo).ok_or_else(|| bad("deadline"))?;
-                    let key = take_str(&mut redo).ok_or_else(|| bad("deadline key"))?;
-                    if tag == PUT_DEADLINE {
-                        self.put_deadline(at, key)?;
-                    } else {
-                        self.del_deadline(at, key)?;
-                    }
-                }
-                SET_META => {
-                    let name = take_str(&mut redo).ok_or_else(|| bad("counter name"))?;
-                    let value = take_u64(&mut redo).ok_or_else(|| bad("counter"))?;
-                    self.set_meta(name, value)?;
-                }
-                PUT_CHANGE => {
-                    let revision = take_u64(&mut redo).ok_or_else(|| bad("revision"))?;
-                    let seq = take_u32(&mut redo).ok_or_else(|| bad("change position"))?;
-                    let change = take_bytes(&mut redo).ok_or_else(|| bad("change"))?;
-                    self.put_change(revision, seq, change)?;
-                }
-                DROP_CHANGES_THROUGH => {
-                    let through = take_u64(&mut redo).ok_or_else(|| bad("revision"))?;
-                    self.drop_changes_through(through)?;
-                }
-                other => return Err(bad(&format!("unknown operation {other}"))),
-            }
-        }
-        Ok(())
+        for_each_op(redo, path, |op| match op {
+            RedoOp::PutItem { key, record } => self.put_item(key, record),
+            RedoOp::DelItem { key } => self.del_item(key),
+            RedoOp::PutDeadline { at, key } => self.put_deadline(at, key),
+            RedoOp::DelDeadline { at, key } => self.del_deadline(at, key),
+            RedoOp::SetMeta { name, value } => self.set_meta(name, value),
+            RedoOp::PutChange {
+                revision,
+                seq,
+                change,
+            } => self.put_change(revision, seq, change),
+            RedoOp::DropChangesThrough { through } => self.drop_changes_through(through),
+        })
     }
+}
+
+/// One change of a redo record.
+pub(super) enum RedoOp<'a> {
+    PutItem {
+        key: &'a str,
+        record: &'a [u8],
+    },
+    DelItem {
+        key: &'a str,
+    },
+    PutDeadline {
+        at: u64,
+        key: &'a str,
+    },
+    DelDeadline {
+        at: u64,
+        key: &'a str,
+    },
+    SetMeta {
+        name: &'a str,
+        value: u64,
+    },
+    PutChange {
+        revision: u64,
+        seq: u32,
+        change: &'a [u8],
+    },
+    DropChangesThrough {
+        through: u64,
+    },
+}
+
+/// Calls `f` with each change of a redo record made by [`Tables::take_redo`], in order; `path`
+/// names the store in the error a malformed record gives.
+pub(super) fn for_each_op<'a>(
+    mut redo: &'a [u8],
+    path: &Path,
+    mut f: impl FnMut(RedoOp<'a>) -> Result<(), StateError>,
+) -> Result<(), StateError> {
+    let bad = |what: &str| {
+        backend_error(format!(
+            "the write-ahead log of {} holds a bad record ({what})",
+            path.display()
+        ))
+    };
+    while let Some((&tag, rest)) = redo.split_first() {
+        redo = rest;
+        let op = match tag {
+            PUT_ITEM => RedoOp::PutItem {
+                key: take_str(&mut redo).ok_or_else(|| bad("item key"))?,
+                record: take_bytes(&mut redo).ok_or_else(|| bad("item record"))?,
+            },
+            DEL_ITEM => RedoOp::DelItem {
+                key: take_str(&mut redo).ok_or_else(|| bad("item key"))?,
+            },
+            PUT_DEADLINE | DEL_DEADLINE => {
+                let at = take_u64(&mut redo).ok_or_else(|| bad("deadline"))?;
+                let key = take_str(&mut redo).ok_or_else(|| bad("deadline key"))?;
+                if tag == PUT_DEADLINE {
+                    RedoOp::PutDeadline { at, key }
+                } else {
+                    RedoOp::DelDeadline { at, key }
+                }
+            }
+            SET_META => RedoOp::SetMeta {
+                name: take_str(&mut redo).ok_or_else(|| bad("counter name"))?,
+                value: take_u64(&mut redo).ok_or_else(|| bad("counter"))?,
+            },
+            PUT_CHANGE => RedoOp::PutChange {
+                revision: take_u64(&mut redo).ok_or_else(|| bad("revision"))?,
+                seq: take_u32(&mut redo).ok_or_else(|| bad("change position"))?,
+                change: take_bytes(&mut redo).ok_or_else(|| bad("change"))?,
+            },
+            DROP_CHANGES_THROUGH => RedoOp::DropChangesThrough {
+                through: take_u64(&mut redo).ok_or_else(|| bad("revision"))?,
+            },
+            other => return Err(bad(&format!("unknown operation {other}"))),
+        };
+        f(op)?;
+    }
+    Ok(())
 }
 
 fn take_u32(input: &mut &[u8]) -> Option<u32> {

@@ -228,7 +228,6 @@ impl Wal {
     /// Appends record `lsn` and wakes the syncer (it is durable once [`Wal::synced`] says so).
     /// Records must be appended in sequence order; the store appends while holding redb's write
     /// transaction.
-    /// Returns the bytes the record took (for [`Wal::retract`]).
     pub(super) fn append(&self, lsn: u64, redo: &[u8]) -> Result<u64, StateError> {
         let shared = &self.shared;
         shared.check_failed()?;
@@ -279,26 +278,6 @@ impl Wal {
         appender.appended = lsn;
         shared.appended_cond.notify_one();
         Ok(record.len() as u64)
-    }
-
-    /// Takes back record `lsn`, the last one appended, whose transaction failed to commit, so
-    /// that it is never replayed.
-    pub(super) fn retract(&self, lsn: u64, record_bytes: u64) -> Result<(), StateError> {
-        let shared = &self.shared;
-        let mut appender = shared.appender.lock();
-        let len = appender.len.saturating_sub(record_bytes);
-        if let Err(e) = appender.cut_to(len) {
-            drop(appender);
-            let why = format!("cannot take back record {lsn} of a failed commit: {e}");
-            shared.fail(why.clone());
-            return Err(shared.failed_error(&why));
-        }
-        let taken = appender.len - len;
-        appender.len = len;
-        appender.pending_bytes = appender.pending_bytes.saturating_sub(taken);
-        appender.pending_records = appender.pending_records.saturating_sub(1);
-        appender.appended = lsn.saturating_sub(1);
-        Ok(())
     }
 
     /// Returns once every record up to `lsn` is on disk (the syncer's next `fdatasync`).

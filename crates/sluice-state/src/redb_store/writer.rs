@@ -194,8 +194,8 @@ impl<'t> Writer<'t> {
         });
     }
 
-    /// The value stored at `key`, expired or not.
-    fn stored_value(&self, key: &str) -> Result<Option<Bytes>, StateError> {
+    /// What is stored at `key` and its value, expired or not (one read).
+    fn stored_with_value(&self, key: &str) -> Result<Option<(Stored, Bytes)>, StateError> {
         let guard = self
             .t
             .items
@@ -204,7 +204,14 @@ impl<'t> Writer<'t> {
         guard
             .map(|g| {
                 record::decode(g.value())
-                    .map(|r| Bytes::copy_from_slice(r.value))
+                    .map(|r| {
+                        let stored = Stored {
+                            version: r.version,
+                            expires_ms: r.expires_ms,
+                            live: r.live(self.now_ms),
+                        };
+                        (stored, Bytes::copy_from_slice(r.value))
+                    })
                     .map_err(|e| corrupt(self.path, key, e))
             })
             .transpose()
@@ -300,10 +307,9 @@ impl<'t> Writer<'t> {
     /// Writes one key without checks; returns the new version.
     fn write(&mut self, req: &SetRequest) -> Result<u64, StateError> {
         let key = req.key.as_str();
-        let old = self.stored(key)?;
-        let old_value = match &old {
-            Some(_) => self.stored_value(key)?,
-            None => None,
+        let (old, old_value) = match self.stored_with_value(key)? {
+            Some((stored, value)) => (Some(stored), Some(value)),
+            None => (None, None),
         };
         let old_deadline = old.as_ref().and_then(|s| s.expires_ms);
         let version = self.next_version()?;
@@ -335,15 +341,14 @@ impl<'t> Writer<'t> {
     /// Deletes one key without checks; returns whether a live item was removed (an expired one
     /// is removed too, but does not count).
     fn erase(&mut self, key: &str) -> Result<bool, StateError> {
-        let Some(stored) = self.stored(key)? else {
+        let Some((stored, prev)) = self.stored_with_value(key)? else {
             return Ok(false);
         };
-        let prev = self.stored_value(key)?;
         self.remove(key, &stored)?;
         // A delete is a committed change too (an expired item's delete is its expiry event):
         // it advances the global revision.
         self.next_version()?;
-        self.record(key, Op::Delete, None, prev);
+        self.record(key, Op::Delete, None, Some(prev));
         Ok(stored.live)
     }
 
@@ -424,11 +429,13 @@ impl<'t> Writer<'t> {
             self.t.del_deadline(*at, key)?;
             // The index is exact, but a record is checked before it goes: only an item that
             // still holds this deadline is expired.
-            if self.stored(key)?.is_some_and(|s| s.expires_ms == Some(*at)) {
-                let prev = self.stored_value(key)?;
+            if let Some((_, prev)) = self
+                .stored_with_value(key)?
+                .filter(|(s, _)| s.expires_ms == Some(*at))
+            {
                 self.t.del_item(key)?;
                 self.next_version()?;
-                self.record(key, Op::Delete, None, prev);
+                self.record(key, Op::Delete, None, Some(prev));
             }
             self.changed = true;
         }
