@@ -13,9 +13,9 @@ use bytes::Bytes;
 use redb::{Database, TableError};
 
 use super::errors::{backend_error, corrupt, op_error};
-use super::overlay::{merge, Overlay};
-use super::record;
-use super::tables::{CHANGES, COMPACTED_THROUGH, ITEMS, LAST_VERSION, META};
+use super::overlay::Overlay;
+use super::tables::{CHANGES, COMPACTED_THROUGH, LAST_VERSION, META};
+use super::{reader, record};
 use crate::error::StateError;
 use crate::ttl;
 use crate::watch::{normalize_prefixes, Change, ChangePage, ChangesAfter, KeyValue, Op, Snapshot};
@@ -237,33 +237,12 @@ pub(super) fn snapshot(
     })?;
     let (held_revision, held_items) = held;
     let revision = counter(held_revision, &txn, path, LAST_VERSION)?;
-    let table = match txn.open_table(ITEMS) {
-        Ok(t) => Some(t),
-        Err(TableError::TableDoesNotExist(_)) => None,
-        Err(e) => return Err(op_error(path, "open the items table of", e)),
-    };
+    let table = reader::items_table(&txn, path)?;
     let mut entries = Vec::new();
     for (prefix, held) in prefixes.iter().zip(held_items) {
-        let file: Box<dyn Iterator<Item = Result<(String, Bytes), StateError>>> = match &table {
-            Some(table) => {
-                let range = table
-                    .range(prefix.as_str()..)
-                    .map_err(|e| op_error(path, "scan", e))?;
-                Box::new(
-                    range
-                        .map(|entry| {
-                            let (k, v) = entry.map_err(|e| op_error(path, "scan", e))?;
-                            Ok((k.value().to_string(), Bytes::copy_from_slice(v.value())))
-                        })
-                        .take_while(|e| {
-                            e.as_ref()
-                                .map_or(true, |(k, _)| k.starts_with(prefix.as_str()))
-                        }),
-                )
-            }
-            None => Box::new(std::iter::empty()),
-        };
-        for entry in merge(file, held) {
+        let start = Bound::Included(prefix.as_str());
+        let keep = |k: &str| k.starts_with(prefix.as_str());
+        for entry in reader::merged(table.as_ref(), path, start, keep, held)? {
             let (key, raw) = entry?;
             let r = record::decode(&raw).map_err(|e| corrupt(path, &key, e))?;
             if r.live(now_ms) {

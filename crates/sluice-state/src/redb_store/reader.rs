@@ -21,7 +21,7 @@ use crate::store::{Item, KeyPage, Page};
 use crate::ttl;
 
 /// The items table of a read transaction (`None` if the file has none yet).
-fn items_table(
+pub(super) fn items_table(
     txn: &ReadTransaction,
     path: &Path,
 ) -> Result<Option<ReadOnlyTable<&'static str, &'static [u8]>>, StateError> {
@@ -138,6 +138,23 @@ fn file_entries<'a>(
     }))
 }
 
+/// The entries of `table` (if the file has it) from `start` on while keys pass `keep`, with the
+/// overlay's `held` entries of that range merged over them.
+pub(super) fn merged<'a>(
+    table: Option<&'a ReadOnlyTable<&'static str, &'static [u8]>>,
+    path: &'a Path,
+    start: Bound<&str>,
+    keep: impl Fn(&str) -> bool + 'a,
+    held: Vec<(String, Option<Bytes>)>,
+) -> Result<impl Iterator<Item = Result<(String, Bytes), StateError>> + 'a, StateError> {
+    let file: Box<dyn Iterator<Item = Result<(String, Bytes), StateError>>> = match table {
+        Some(table) => Box::new(file_entries(table, path, start)?),
+        None => Box::new(std::iter::empty()),
+    };
+    let file = file.take_while(move |e| e.as_ref().map_or(true, |(k, _)| keep(k)));
+    Ok(overlay::merge(file, held))
+}
+
 /// Every entry from `start` on while keys pass `keep`, the overlay's merged over the file's;
 /// `visit` is called with each in key order until it returns false.
 pub(super) fn scan(
@@ -150,14 +167,7 @@ pub(super) fn scan(
 ) -> Result<(), StateError> {
     let (held, txn) = overlay.read(db, path, |layer| layer.items_from(start, &keep))?;
     let table = items_table(&txn, path)?;
-    let file: Box<dyn Iterator<Item = Result<(String, Bytes), StateError>>> = match &table {
-        Some(table) => Box::new(file_entries(table, path, start)?),
-        None => Box::new(std::iter::empty()),
-    };
-    for entry in overlay::merge(
-        file.take_while(|e| e.as_ref().map_or(true, |(k, _)| keep(k))),
-        held,
-    ) {
+    for entry in merged(table.as_ref(), path, start, keep, held)? {
         let (key, raw) = entry?;
         if !visit(&key, &raw)? {
             break;
