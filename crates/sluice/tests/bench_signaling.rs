@@ -31,6 +31,12 @@ async fn memory_rows_complete_pairs_without_errors() {
         assert!(outcome.pairs > 0, "no pairs completed: {text}");
         assert_eq!(outcome.errors, 0, "{:?}: {text}", outcome.first_error);
         assert_eq!(outcome.latency.len(), outcome.pairs);
+        assert!(
+            outcome.cpu.is_some_and(|cpu| cpu > Duration::ZERO),
+            "the window's CPU time is measured: {:?}",
+            outcome.cpu
+        );
+        assert!(text.contains("µs/pair"), "{text}");
     }
 }
 

@@ -9,6 +9,7 @@ use hdrhistogram::Histogram;
 use serde::Deserialize;
 
 use super::client::{ClientError, Connection};
+use super::cpu::process_cpu;
 use super::server::BASE_PATH;
 use super::BenchError;
 
@@ -25,6 +26,8 @@ pub struct Outcome {
     pub latency: Histogram<u64>,
     /// The length of the window.
     pub elapsed: Duration,
+    /// CPU time the whole process (server and load generator) used in the window, if known.
+    pub cpu: Option<Duration>,
 }
 
 /// The shape of the timing: a warm-up whose pairs are not counted, then the window.
@@ -52,6 +55,12 @@ pub async fn drive(
     let start = Instant::now();
     let counted_from = start + timing.warmup;
     let deadline = counted_from + timing.measure;
+    let cpu = tokio::spawn(async move {
+        tokio::time::sleep_until(counted_from.into()).await;
+        let before = process_cpu();
+        tokio::time::sleep_until(deadline.into()).await;
+        Some(process_cpu()?.saturating_sub(before?))
+    });
     let mut tasks = Vec::with_capacity(concurrency);
     for conn in 0..concurrency {
         let prefix = format!("{run_tag}-{conn}");
@@ -68,6 +77,7 @@ pub async fn drive(
         first_error: None,
         latency: new_histogram()?,
         elapsed: timing.measure,
+        cpu: None,
     };
     for task in tasks {
         let one = task
@@ -83,6 +93,7 @@ pub async fn drive(
             .add(&one.latency)
             .map_err(|e| BenchError::new(format!("merging histograms: {e}")))?;
     }
+    total.cpu = cpu.await.ok().flatten();
     Ok(total)
 }
 
@@ -104,6 +115,7 @@ async fn connection(
         first_error: None,
         latency: new_histogram()?,
         elapsed: Duration::ZERO,
+        cpu: None,
     };
     let start_path = format!("{BASE_PATH}/dataflows/start");
     let mut conn: Option<Connection> = None;

@@ -10,6 +10,7 @@
 //! which the output says.
 
 mod client;
+mod cpu;
 mod load;
 mod server;
 
@@ -168,6 +169,13 @@ fn line(row: &Row) -> String {
                 o.pairs,
                 o.errors
             );
+            if let Some(cpu) = o.cpu.filter(|_| o.pairs > 0) {
+                s.push_str(&format!(
+                    "  CPU {:.2} cores, {:.0} µs/pair",
+                    cpu.as_secs_f64() / o.elapsed.as_secs_f64(),
+                    cpu.as_secs_f64() * 1e6 / o.pairs as f64
+                ));
+            }
             if let Some((want, p99)) = target(row.store, row.concurrency) {
                 let ok = rate >= want
                     && p99.is_none_or(|b| {
