@@ -143,8 +143,9 @@ impl Weight {
 /// the file, so a second open of the same file — from this process or another — fails at once
 /// with a [`StateError::Backend`] naming the path.
 ///
-/// A write runs to completion on the blocking pool even if its future is dropped, so a cancelled
-/// `set` may still be applied (as with any request whose answer is lost).
+/// A write runs to completion (inline, or on the blocking pool) even if its future is dropped
+/// while it waits to be durable, so a cancelled `set` may still be applied (as with any request
+/// whose answer is lost).
 pub struct RedbStore {
     feed: Arc<RedbFeed>,
     reaper: OnceLock<Option<ReaperHandle>>,

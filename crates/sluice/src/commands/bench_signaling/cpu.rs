@@ -46,9 +46,16 @@ mod tests {
     }
 
     #[test]
-    fn this_process_has_used_some_cpu() {
-        let spun: u64 = (0..5_000_000u64).fold(0, |a, b| a.wrapping_add(b * b));
-        assert!(spun > 0);
-        assert!(process_cpu().is_some());
+    fn cpu_time_grows_while_this_process_computes() {
+        let before = process_cpu().expect("/proc/self/stat is readable");
+        let began = std::time::Instant::now();
+        let mut spun = 0u64;
+        // The clock ticks every 10 ms: compute until it moves (bounded, in case it never does).
+        while process_cpu().is_some_and(|now| now <= before)
+            && began.elapsed() < Duration::from_secs(5)
+        {
+            spun = (0..100_000u64).fold(spun, |a, b| a.wrapping_add(b * b));
+        }
+        assert!(process_cpu().is_some_and(|now| now > before), "{spun}");
     }
 }
