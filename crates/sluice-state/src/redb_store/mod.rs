@@ -163,7 +163,9 @@ struct RedbFeed {
     /// `held`).
     last_lsn: AtomicU64,
     /// The write transaction held open across commits; its lock makes commits one at a time.
-    held: parking_lot::Mutex<Held>,
+    /// An async, first-come-first-served lock: a write waiting for the writer holds no thread
+    /// (a thread blocked per waiting write made concurrent writers a convoy of thread wake-ups).
+    held: Arc<tokio::sync::Mutex<Held>>,
     /// What readers must see of the commits `held` has not committed to the file yet.
     overlay: Overlay,
     retention: Retention,
@@ -231,13 +233,23 @@ impl RedbStore {
             path,
             wal,
             last_lsn: AtomicU64::new(last_lsn),
-            held: parking_lot::Mutex::new(Held::new(flush_commits)),
+            held: Arc::new(tokio::sync::Mutex::new(Held::new(flush_commits))),
             overlay: Overlay::default(),
             checkpoint_bytes,
             retention,
             notifier: RevisionNotifier::new(0),
         };
-        if let (_, Some(lsn)) = write_then_flush(&feed, |w| w.sweep(usize::MAX))? {
+        let swept = {
+            // Nobody else has the store yet.
+            let mut held = feed.held.try_lock().map_err(|_| {
+                backend_error(format!(
+                    "{} is being written while it opens",
+                    feed.path.display()
+                ))
+            })?;
+            write_then_flush(&feed, &mut held, |w| w.sweep(usize::MAX))?
+        };
+        if let (_, Some(lsn)) = swept {
             feed.wal.sync_blocking(lsn)?;
         }
         feed.notifier.publish(changes::current_revision(
@@ -349,43 +361,31 @@ fn recover(
 impl RedbFeed {
     /// Runs `f` as one commit; returns once it is durable.
     ///
-    /// A light write runs inline on the calling task when the writer is free and the commit
-    /// will not write the file (no flush or checkpoint due): it takes a few µs a key, less than
-    /// the two thread switches of the blocking pool (measured ~200 µs a round trip with the
-    /// HTTP server busy on both cores). Anything else runs on the blocking pool.
+    /// Waits for the writer first, without holding a thread. A light write then runs inline on
+    /// the calling task unless the commit will write the file (a flush or checkpoint is due):
+    /// it takes a few µs a key, less than the two thread switches of the blocking pool
+    /// (measured ~200 µs a round trip with the HTTP server busy on both cores). Anything else
+    /// runs on the blocking pool, holding the writer.
     async fn write<T, F>(self: &Arc<Self>, weight: Weight, f: F) -> Result<T, StateError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Writer<'_>) -> Result<T, StateError> + Send + 'static,
     {
-        let inline = match weight {
-            Weight::Light => self.write_inline(f),
-            Weight::Heavy => Err(f),
-        };
-        let (answer, lsn) = match inline {
-            Ok(done) => done?,
-            Err(f) => self.blocking(move |feed| write_then_flush(feed, f)).await?,
+        let mut held = Arc::clone(&self.held).lock_owned().await;
+        let inline = weight == Weight::Light && !held.due() && !self.checkpoint_due();
+        let (answer, lsn) = if inline {
+            let written = write(self, &mut held, f);
+            // The writer is free for the next commit while this one waits for the disk.
+            drop(held);
+            written?
+        } else {
+            self.blocking(move |feed| write_then_flush(feed, &mut held, f))
+                .await?
         };
         if let Some(lsn) = lsn {
             self.wal.synced(lsn).await?;
         }
         Ok(answer)
-    }
-
-    /// Runs `f` as one commit on the calling thread if the writer is free and the commit will
-    /// not write the file; else hands `f` back.
-    #[allow(clippy::type_complexity)]
-    fn write_inline<T, F>(&self, f: F) -> Result<Result<(T, Option<u64>), StateError>, F>
-    where
-        F: FnOnce(&mut Writer<'_>) -> Result<T, StateError>,
-    {
-        let Some(mut held) = self.held.try_lock() else {
-            return Err(f);
-        };
-        if held.due() || self.checkpoint_due() {
-            return Err(f);
-        }
-        Ok(write(self, &mut held, f))
     }
 
     /// Whether the log has grown enough for the next commit to be a checkpoint.
@@ -415,7 +415,10 @@ impl RedbFeed {
 impl Drop for RedbFeed {
     /// Commits the held writes to the file, durably: a clean close leaves nothing to replay.
     fn drop(&mut self) {
-        let held = self.held.get_mut();
+        // Every writer is done: each holds the feed while it holds the writer.
+        let Some(held) = Arc::get_mut(&mut self.held).map(tokio::sync::Mutex::get_mut) else {
+            return;
+        };
         if held.is_open() {
             if let Err(e) = held.commit(&self.db, &self.path, Durability::Immediate) {
                 tracing::warn!(store = %self.path.display(), error = %e, "cannot commit held writes on close; the next open replays them from the log");
@@ -731,12 +734,12 @@ fn write<T>(
 /// due. Blocks: for the blocking pool and the opening of the store.
 fn write_then_flush<T>(
     feed: &RedbFeed,
+    held: &mut Held,
     f: impl FnOnce(&mut Writer<'_>) -> Result<T, StateError>,
 ) -> Result<(T, Option<u64>), StateError> {
-    let mut held = feed.held.lock();
-    let written = write(feed, &mut held, f);
+    let written = write(feed, held, f);
     if held.due() {
-        flush(feed, &mut held);
+        flush(feed, held);
     }
     written
 }
@@ -807,7 +810,7 @@ mod tests {
             assert!(failed.is_err());
             assert!(store.get("half").await.expect("get").is_none());
             assert!(
-                store.feed.held.lock().is_open(),
+                store.feed.held.lock().await.is_open(),
                 "the transaction was rebuilt"
             );
             store
@@ -822,18 +825,17 @@ mod tests {
         assert!(store.get("after").await.expect("get").is_some());
     }
 
-    /// A small write that finds the writer busy waits for it on the blocking pool instead of
-    /// blocking the calling task, and commits once the writer is free.
+    /// A write that finds the writer busy waits for it, and commits once the writer is free.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_light_write_finding_the_writer_busy_waits_on_the_blocking_pool() {
+    async fn a_write_finding_the_writer_busy_waits_for_it() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Arc::new(RedbStore::open(dir.path().join("state.redb")).expect("open"));
-        let busy = store.feed.held.lock();
+        let busy = store.feed.held.lock().await;
         let writer = Arc::clone(&store);
         let set = tokio::spawn(async move { writer.set(SetRequest::new("k", "v")).await });
-        // The test's own thread holds the writer; the write runs on the runtime's workers.
-        std::thread::sleep(std::time::Duration::from_millis(50));
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         assert!(!set.is_finished(), "the write waited for the writer");
+        assert!(store.get("k").await.expect("get").is_none());
         drop(busy);
         set.await.expect("join").expect("set");
         assert!(store.get("k").await.expect("get").is_some());
