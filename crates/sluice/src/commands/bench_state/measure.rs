@@ -208,7 +208,9 @@ pub async fn run<C: Client>(
 }
 
 /// Runs `batch` (which writes `batch_len` keys per call) back to back from one task for the
-/// window and reports keys written per second.
+/// window and reports keys written per second over the time the counted batches took (from the
+/// start of the first to the end of the last). At least one batch is counted even when a batch
+/// takes longer than the window.
 pub async fn run_batches<F, Fut>(
     batch_len: usize,
     timing: Timing,
@@ -227,19 +229,26 @@ where
         latency: histogram()?,
     };
     let mut round = 0u64;
+    let mut counted: Option<(Instant, Instant)> = None;
     loop {
         let began = Instant::now();
-        if began >= end {
+        if began >= end && counted.is_some() {
             break;
         }
         batch(round).await?;
         round += 1;
         if began >= counted_from {
+            let done = Instant::now();
             stats
                 .latency
-                .saturating_record(began.elapsed().as_nanos() as u64);
+                .saturating_record(done.duration_since(began).as_nanos() as u64);
             stats.ops += batch_len as u64;
+            let first = counted.map_or(began, |(first, _)| first);
+            counted = Some((first, done));
         }
+    }
+    if let Some((first, last)) = counted {
+        stats.window = last.duration_since(first).max(Duration::from_nanos(1));
     }
     Ok(stats)
 }
@@ -248,7 +257,30 @@ where
 mod tests {
     use std::collections::HashSet;
 
-    use super::Workload;
+    use std::time::Duration;
+
+    use super::{run_batches, Timing, Workload};
+
+    /// A batch slower than the whole window is still counted, over the time it took.
+    #[tokio::test]
+    async fn a_batch_longer_than_the_window_is_counted_over_its_own_time() {
+        let timing = Timing {
+            warmup: Duration::from_millis(1),
+            window: Duration::from_millis(5),
+        };
+        let stats = run_batches(1_000, timing, |_| async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            Ok(())
+        })
+        .await
+        .expect("batches");
+        assert_eq!(stats.ops, 1_000);
+        assert!(
+            stats.window >= Duration::from_millis(20),
+            "{:?}",
+            stats.window
+        );
+    }
 
     #[test]
     fn concurrent_writers_never_share_a_key_and_readers_see_them_all() {
