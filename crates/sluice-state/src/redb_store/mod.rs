@@ -7,8 +7,8 @@
 //! twice — not after a delete and re-create, not after a reopen — and the counter doubles as the
 //! global revision a later watch API needs.
 //!
-//! Writes run one at a time: a small one inline on the calling task when the writer is free
-//! and the commit will not write the file, anything else on tokio's blocking pool (see
+//! Writes run one at a time, queued on a fair async lock: a small one inline on the calling
+//! task unless the commit will write the file, anything else on tokio's blocking pool (see
 //! [`RedbFeed::write`]). A write is durable when it returns: it
 //! is appended to a write-ahead log beside the file (`<file>.wal-*`, see [`wal`]) and answered
 //! once an `fdatasync` of the log covers it — concurrent writes share one. Its changes go into a
@@ -372,7 +372,7 @@ impl RedbFeed {
         F: FnOnce(&mut Writer<'_>) -> Result<T, StateError> + Send + 'static,
     {
         let mut held = Arc::clone(&self.held).lock_owned().await;
-        let inline = weight == Weight::Light && !held.due() && !self.checkpoint_due();
+        let inline = weight == Weight::Light && !held.due() && self.checkpoint_due().is_none();
         let (answer, lsn) = if inline {
             let written = write(self, &mut held, f);
             // The writer is free for the next commit while this one waits for the disk.
@@ -388,10 +388,12 @@ impl RedbFeed {
         Ok(answer)
     }
 
-    /// Whether the log has grown enough for the next commit to be a checkpoint.
-    fn checkpoint_due(&self) -> bool {
+    /// The log's size (bytes, records) if it has grown enough for the next commit to be a
+    /// checkpoint.
+    fn checkpoint_due(&self) -> Option<(u64, u64)> {
         let (log_bytes, log_records) = self.wal.pending();
-        log_bytes >= self.checkpoint_bytes || log_records >= CHECKPOINT_RECORDS
+        (log_bytes >= self.checkpoint_bytes || log_records >= CHECKPOINT_RECORDS)
+            .then_some((log_bytes, log_records))
     }
 
     /// Runs `f` on tokio's blocking pool.
@@ -687,8 +689,7 @@ fn write<T>(
     let Some(redo) = redo else {
         return Ok((answer, None));
     };
-    let (log_bytes, log_records) = feed.wal.pending();
-    if log_bytes >= feed.checkpoint_bytes || log_records >= CHECKPOINT_RECORDS {
+    if let Some((log_bytes, log_records)) = feed.checkpoint_due() {
         // The log's records so far become redundant once this commit is durable in the file.
         let began = std::time::Instant::now();
         let covered = match feed.wal.rotate() {
