@@ -40,6 +40,10 @@ const LZ4: u8 = 1;
 /// times, which means less to sync and fewer checkpoints).
 const COMPRESS_FROM: usize = 256;
 
+/// The encoding buffer is kept between appends up to this capacity (a larger one, after a big
+/// bulk write, is given back).
+const SCRATCH_KEEP: usize = 1 << 20;
+
 /// A segment starts with these bytes, then the database's log id (little-endian `u64`).
 const MAGIC: &[u8; 8] = b"SLUICWAL";
 /// Bytes of a segment's header.
@@ -90,6 +94,9 @@ struct Shared {
     log_id: u64,
     /// The log is closed: a spare being written is given up.
     closed: AtomicBool,
+    /// Where the record being appended is encoded: one buffer reused by every append (appends
+    /// are serialised by the store's writer), so an append allocates nothing.
+    scratch: Mutex<Vec<u8>>,
 }
 
 /// The segment being appended to.
@@ -195,6 +202,7 @@ impl Wal {
             closed: AtomicBool::new(false),
             log_id,
             base: base.to_path_buf(),
+            scratch: Mutex::new(Vec::new()),
         });
         let syncer = {
             let shared = Arc::clone(&shared);
@@ -231,37 +239,21 @@ impl Wal {
     pub(super) fn append(&self, lsn: u64, redo: &[u8]) -> Result<u64, StateError> {
         let shared = &self.shared;
         shared.check_failed()?;
-        let compressed = (redo.len() >= COMPRESS_FROM)
-            .then(|| lz4_flex::block::compress_prepend_size(redo))
-            .filter(|c| c.len() < redo.len());
-        let (codec, body) = match &compressed {
-            Some(c) => (LZ4, c.as_slice()),
-            None => (RAW, redo),
-        };
-        let payload_len = 8 + 1 + body.len();
-        let len = u32::try_from(payload_len).map_err(|_| {
+        let mut scratch = shared.scratch.lock();
+        encode_record(&mut scratch, lsn, redo).map_err(|payload_len| {
             backend_error(format!(
                 "a commit of {payload_len} bytes is too large for the write-ahead log of {} (4 GiB at most)",
                 shared.base.display()
             ))
         })?;
-        let mut crc = crc32fast::Hasher::new();
-        crc.update(&lsn.to_le_bytes());
-        crc.update(&[codec]);
-        crc.update(body);
-        let mut record = Vec::with_capacity(HEADER + payload_len);
-        record.extend_from_slice(&len.to_le_bytes());
-        record.extend_from_slice(&crc.finalize().to_le_bytes());
-        record.extend_from_slice(&lsn.to_le_bytes());
-        record.push(codec);
-        record.extend_from_slice(body);
+        let record = scratch.as_slice();
         let mut appender = shared.appender.lock();
         if appender.len > SEGMENT_HEADER as u64
             && appender.len + record.len() as u64 > SEGMENT_BYTES
         {
             self.next_segment(&mut appender)?;
         }
-        if let Err(e) = (&*appender.file).write_all(&record) {
+        if let Err(e) = (&*appender.file).write_all(record) {
             let path = segment_path(&shared.base, appender.number);
             // Part of the record may be in the file: cut it off so that later records follow
             // the last whole one.
@@ -272,12 +264,17 @@ impl Wal {
             }
             return Err(io_error(&path, "append to", e));
         }
-        appender.len += record.len() as u64;
-        appender.pending_bytes += record.len() as u64;
+        let written = record.len() as u64;
+        appender.len += written;
+        appender.pending_bytes += written;
         appender.pending_records += 1;
         appender.appended = lsn;
         shared.appended_cond.notify_one();
-        Ok(record.len() as u64)
+        drop(appender);
+        if scratch.capacity() > SCRATCH_KEEP {
+            *scratch = Vec::new();
+        }
+        Ok(written)
     }
 
     /// Returns once every record up to `lsn` is on disk (the syncer's next `fdatasync`).
@@ -603,6 +600,44 @@ fn sync_dir(base: &Path) -> Result<(), StateError> {
         .map_err(|e| io_error(dir, "sync the directory of", e))
 }
 
+/// Encodes record `lsn` of `redo` into `out` (replacing what it held): header, sequence number,
+/// codec and body, LZ4-compressed (with the length first) when that makes it smaller. Fails
+/// with the payload's length when it does not fit the `u32` length field.
+fn encode_record(out: &mut Vec<u8>, lsn: u64, redo: &[u8]) -> Result<(), usize> {
+    out.clear();
+    out.extend_from_slice(&[0u8; HEADER]);
+    out.extend_from_slice(&lsn.to_le_bytes());
+    let codec_at = out.len();
+    out.push(RAW);
+    let body_at = out.len();
+    let mut codec = RAW;
+    if let (true, Ok(size)) = (redo.len() >= COMPRESS_FROM, u32::try_from(redo.len())) {
+        out.extend_from_slice(&size.to_le_bytes());
+        let block_at = out.len();
+        out.resize(
+            block_at + lz4_flex::block::get_maximum_output_size(redo.len()),
+            0,
+        );
+        match lz4_flex::block::compress_into(redo, &mut out[block_at..]) {
+            Ok(n) if block_at + n - body_at < redo.len() => {
+                out.truncate(block_at + n);
+                codec = LZ4;
+            }
+            _ => out.truncate(body_at),
+        }
+    }
+    if codec == RAW {
+        out.extend_from_slice(redo);
+    }
+    out[codec_at] = codec;
+    let payload_len = out.len() - HEADER;
+    let len = u32::try_from(payload_len).map_err(|_| payload_len)?;
+    let crc = crc32fast::hash(&out[HEADER..]);
+    out[..4].copy_from_slice(&len.to_le_bytes());
+    out[4..HEADER].copy_from_slice(&crc.to_le_bytes());
+    Ok(())
+}
+
 /// Decodes the records of `bytes` up to the first incomplete or damaged one; returns them and
 /// the length of the intact prefix.
 fn decode_all(bytes: &[u8]) -> (Vec<Entry>, usize) {
@@ -685,6 +720,45 @@ mod tests {
         assert_eq!(entries.len(), 2);
         assert_eq!(entries[0].redo, redo);
         assert_eq!(entries[1].redo, b"small");
+    }
+
+    #[test]
+    fn records_encoded_into_a_reused_buffer_decode_whole() {
+        let json = br#"{"id":"0190","state":"STARTED"}"#;
+        let compressible: Vec<u8> = json.iter().copied().cycle().take(4096).collect();
+        // A xorshift sequence: bytes LZ4 cannot shrink, which stay as they are.
+        let mut x = 0x9E37_79B9_7F4A_7C15_u64;
+        let noise: Vec<u8> = (0..4096)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let mut buf = Vec::new();
+        for (lsn, redo) in [
+            (1, compressible.as_slice()),
+            (2, b"small".as_slice()),
+            (3, noise.as_slice()),
+            (4, compressible.as_slice()),
+        ] {
+            encode_record(&mut buf, lsn, redo).unwrap();
+            let (entry, end) = decode_one(&buf, 0).unwrap();
+            assert_eq!((entry.lsn, entry.redo.as_slice()), (lsn, redo));
+            assert_eq!(end, buf.len());
+            let codec = buf[HEADER + 8];
+            match lsn {
+                1 | 4 => assert_eq!(codec, LZ4),
+                _ => assert_eq!(codec, RAW),
+            }
+        }
+        // The compressed body is the format logs written before hold: the length, then the block.
+        encode_record(&mut buf, 5, &compressible).unwrap();
+        assert_eq!(
+            buf[HEADER + 9..],
+            lz4_flex::block::compress_prepend_size(&compressible)[..]
+        );
     }
 
     #[test]
