@@ -181,7 +181,7 @@ pub async fn serve_with(
     );
     let stopping = signaling.clone();
     let server = async move {
-        axum::serve(listener, app)
+        axum::serve(server::without_nagle(listener), app)
             .with_graceful_shutdown(shutdown)
             .await
             .map_err(server::ServeError::from)?;

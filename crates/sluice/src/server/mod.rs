@@ -25,9 +25,10 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
+use axum::serve::{ListenerExt, TapIo};
 use axum::{Json, Router};
 use serde::Serialize;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tower_http::trace::TraceLayer;
 
 use crate::serve_config::{HttpLimits, ServeConfig};
@@ -86,11 +87,25 @@ where
 {
     let address = listener.local_addr()?;
     tracing::info!(%address, stores = ?stores.names(), "state API listening");
-    axum::serve(listener, router(stores, limits))
+    axum::serve(without_nagle(listener), router(stores, limits))
         .with_graceful_shutdown(shutdown)
         .await?;
     tracing::info!("state API stopped");
     Ok(())
+}
+
+/// `listener` with Nagle's algorithm turned off on every connection it accepts. A streamed
+/// response (the public data endpoint, watch streams) goes out in several writes; with Nagle on,
+/// a small write waited for the client's delayed ACK, and about every other keep-alive request
+/// took ~40 ms more.
+pub fn without_nagle(listener: TcpListener) -> TapIo<TcpListener, fn(&mut TcpStream)> {
+    listener.tap_io(set_nodelay as fn(&mut TcpStream))
+}
+
+fn set_nodelay(stream: &mut TcpStream) {
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(error = %e, "cannot turn off Nagle's algorithm on a connection");
+    }
 }
 
 /// Every route but signaling: the state API, Dapr's health and metadata endpoints, the
@@ -202,4 +217,30 @@ async fn metadata(State(app): State<Arc<AppState>>) -> impl IntoResponse {
         runtime_version: env!("CARGO_PKG_VERSION"),
         components,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::serve::Listener;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn connections_are_accepted_with_nagle_off() {
+        let plain = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = plain.local_addr().unwrap();
+        let client = tokio::spawn(TcpStream::connect(addr));
+        let (stream, _) = plain.accept().await.unwrap();
+        assert!(
+            !stream.nodelay().unwrap(),
+            "the kernel's default has Nagle on"
+        );
+        drop((stream, client.await.unwrap().unwrap()));
+
+        let mut listener = without_nagle(plain);
+        let client = tokio::spawn(TcpStream::connect(addr));
+        let (stream, _) = listener.accept().await;
+        assert!(stream.nodelay().unwrap());
+        drop((stream, client.await.unwrap().unwrap()));
+    }
 }

@@ -113,7 +113,7 @@ pub async fn serve(
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone().cancelled_owned();
     let task = tokio::spawn(async move {
-        axum::serve(listener, app)
+        axum::serve(crate::server::without_nagle(listener), app)
             .with_graceful_shutdown(stop)
             .await
     });
