@@ -722,20 +722,25 @@ mod tests {
         assert_eq!(entries[1].redo, b"small");
     }
 
-    #[test]
-    fn records_encoded_into_a_reused_buffer_decode_whole() {
-        let json = br#"{"id":"0190","state":"STARTED"}"#;
-        let compressible: Vec<u8> = json.iter().copied().cycle().take(4096).collect();
-        // A xorshift sequence: bytes LZ4 cannot shrink, which stay as they are.
-        let mut x = 0x9E37_79B9_7F4A_7C15_u64;
-        let noise: Vec<u8> = (0..4096)
+    /// `len` bytes of a xorshift sequence, which LZ4 cannot shrink.
+    fn incompressible(len: usize) -> Vec<u8> {
+        let mut x = 0x2545_f491_4f6c_dd1d_u64;
+        (0..len)
             .map(|_| {
                 x ^= x << 13;
                 x ^= x >> 7;
                 x ^= x << 17;
                 x as u8
             })
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn records_encoded_into_a_reused_buffer_decode_whole() {
+        let json = br#"{"id":"0190","state":"STARTED"}"#;
+        let compressible: Vec<u8> = json.iter().copied().cycle().take(4096).collect();
+        // Bytes LZ4 cannot shrink stay as they are.
+        let noise = incompressible(4096);
         let mut buf = Vec::new();
         for (lsn, redo) in [
             (1, compressible.as_slice()),
@@ -908,15 +913,7 @@ mod tests {
         let base = dir.path().join("s.redb");
         let (wal, _) = Wal::open(&base, ID).unwrap();
         // Incompressible, so that each record takes its full size.
-        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
-        let big: Vec<u8> = (0..1 << 20)
-            .map(|_| {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                seed as u8
-            })
-            .collect();
+        let big = incompressible(1 << 20);
         let count = SEGMENT_BYTES / (1 << 20) + 2;
         for lsn in 1..=count {
             wal.append(lsn, &big).unwrap();
