@@ -63,3 +63,32 @@ async fn redb_rows_complete_pairs_without_errors() {
         "the redb file is removed"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_floor_row_measures_pairs_without_a_data_plane() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = Plan {
+        stores: vec![StoreKind::Floor],
+        concurrency: vec![4],
+        timing: Timing {
+            warmup: Duration::from_millis(50),
+            measure: Duration::from_millis(300),
+        },
+        dir: dir.path().to_path_buf(),
+        postgres_url: None,
+    };
+    let mut progress = Vec::new();
+    let rows = run(&plan, &mut progress).await;
+    let text = String::from_utf8_lossy(&progress);
+    let outcome = rows[0].outcome.as_ref().unwrap();
+    assert!(outcome.pairs > 0, "{text}");
+    assert_eq!(outcome.errors, 0, "{:?}", outcome.first_error);
+    assert!(text.starts_with("floor"), "{text}");
+    assert!(text.contains("this machine's ceiling"), "{text}");
+    assert!(!text.contains("target"), "the floor has no target: {text}");
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "the floor writes nothing"
+    );
+}

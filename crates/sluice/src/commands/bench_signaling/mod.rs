@@ -7,7 +7,9 @@
 //! process on `127.0.0.1:0`. The load generator ([`load`]) drives it over real HTTP/1.1 keep-alive
 //! connections, one task per connection: a provider-pull start, then a terminate of the returned
 //! flow, for a fixed time after a warm-up. Server and load generator share this machine's cores,
-//! which the output says.
+//! which the output says. The `floor` rows serve no data plane at all — start and terminate
+//! answered at once with a fixed body — so they measure the HTTP floor of the machine and the
+//! generator: the ceiling of any handler, and the yardstick for comparing runs across machines.
 
 mod client;
 mod cpu;
@@ -30,12 +32,13 @@ pub struct SignalingBenchArgs {
     #[arg(long)]
     pub signaling: bool,
 
-    /// With --signaling: the stores to measure.
+    /// With --signaling: the stores to measure (`floor`: no data plane, fixed answers — the
+    /// machine's HTTP ceiling for comparison).
     #[arg(
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "memory,redb,postgres"
+        default_value = "floor,memory,redb,postgres"
     )]
     pub signaling_stores: Vec<StoreKind>,
 
@@ -186,6 +189,9 @@ fn line(row: &Row) -> String {
                     "  target ≥ {want:.0}/s{p99}: {}",
                     if ok { "met" } else { "MISSED" }
                 ));
+            }
+            if row.store == StoreKind::Floor {
+                s.push_str("  (no handler: this machine's ceiling)");
             }
             if let Some(e) = &o.first_error {
                 s.push_str(&format!("\n          first error: {e}"));

@@ -5,6 +5,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::post;
 use sluice_signaling::http::{router, Access};
 use sluice_signaling::DataPlane;
 use sluice_state::{MemoryStore, PostgresOptions, PostgresStore, RedbStore, Store};
@@ -16,9 +19,13 @@ use super::BenchError;
 /// The base path the router is mounted under.
 pub const BASE_PATH: &str = "/api/v1";
 
-/// Which store the data plane keeps its flows in.
+/// Which store the data plane keeps its flows in, or no data plane at all.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum StoreKind {
+    /// No data plane: start and terminate are answered at once with a fixed body. The HTTP floor
+    /// of this machine and load generator, which no DPS handler can beat; it tells how fast the
+    /// machine is when rows are compared across machines.
+    Floor,
     /// The in-memory store (not durable).
     Memory,
     /// The durable embedded store (redb, fsync per commit).
@@ -31,6 +38,7 @@ impl StoreKind {
     /// The name printed in the table.
     pub fn name(self) -> &'static str {
         match self {
+            StoreKind::Floor => "floor",
             StoreKind::Memory => "memory",
             StoreKind::Redb => "redb",
             StoreKind::Postgres => "postgres",
@@ -55,14 +63,55 @@ pub struct Served {
 }
 
 /// Opens a fresh store of `kind` (a new redb file under `dir`, a new schema on `postgres_url`)
-/// and serves the signaling API over it on an ephemeral port.
+/// and serves the signaling API over it on an ephemeral port (for [`StoreKind::Floor`], the
+/// fixed answers instead).
 pub async fn serve(
     kind: StoreKind,
     dir: &Path,
     postgres_url: Option<&str>,
     tag: &str,
 ) -> Result<Served, BenchError> {
-    let (store, leftover): (Arc<dyn Store>, Leftover) = match kind {
+    let (app, leftover) = match open_store(kind, dir, postgres_url, tag).await? {
+        Some((store, leftover)) => (
+            router(
+                DataPlane::builder(store).build(),
+                BASE_PATH,
+                Access::default(),
+            ),
+            leftover,
+        ),
+        None => (floor_router(), Leftover::Nothing),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| BenchError::new(format!("cannot listen on 127.0.0.1:0: {e}")))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| BenchError::new(format!("no local address: {e}")))?;
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone().cancelled_owned();
+    let task = tokio::spawn(async move {
+        axum::serve(crate::server::without_nagle(listener), app)
+            .with_graceful_shutdown(stop)
+            .await
+    });
+    Ok(Served {
+        addr,
+        shutdown,
+        task,
+        leftover,
+    })
+}
+
+/// A fresh store of `kind` and what to remove after the run; `None` for [`StoreKind::Floor`].
+async fn open_store(
+    kind: StoreKind,
+    dir: &Path,
+    postgres_url: Option<&str>,
+    tag: &str,
+) -> Result<Option<(Arc<dyn Store>, Leftover)>, BenchError> {
+    let opened: (Arc<dyn Store>, Leftover) = match kind {
+        StoreKind::Floor => return Ok(None),
         StoreKind::Memory => (Arc::new(MemoryStore::new()), Leftover::Nothing),
         StoreKind::Redb => {
             std::fs::create_dir_all(dir)
@@ -99,30 +148,23 @@ pub async fn serve(
             )
         }
     };
-    let app = router(
-        DataPlane::builder(store).build(),
-        BASE_PATH,
-        Access::default(),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(|e| BenchError::new(format!("cannot listen on 127.0.0.1:0: {e}")))?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| BenchError::new(format!("no local address: {e}")))?;
-    let shutdown = CancellationToken::new();
-    let stop = shutdown.clone().cancelled_owned();
-    let task = tokio::spawn(async move {
-        axum::serve(crate::server::without_nagle(listener), app)
-            .with_graceful_shutdown(stop)
-            .await
-    });
-    Ok(Served {
-        addr,
-        shutdown,
-        task,
-        leftover,
-    })
+    Ok(Some(opened))
+}
+
+/// The floor's answer: what a start returns, as far as the load generator reads it.
+const FLOOR_ANSWER: &str = r#"{"dataFlowId":"floor","state":"STARTED"}"#;
+
+/// Start and terminate answered at once with [`FLOOR_ANSWER`], nothing read or stored.
+fn floor_router() -> axum::Router {
+    async fn answer() -> impl IntoResponse {
+        ([(header::CONTENT_TYPE, "application/json")], FLOOR_ANSWER)
+    }
+    axum::Router::new()
+        .route(&format!("{BASE_PATH}/dataflows/start"), post(answer))
+        .route(
+            &format!("{BASE_PATH}/dataflows/{{id}}/terminate"),
+            post(answer),
+        )
 }
 
 impl Served {
