@@ -6,19 +6,24 @@ use std::time::Duration;
 
 use sluice::commands::bench_signaling::{run, Plan, StoreKind, Timing};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn memory_rows_complete_pairs_without_errors() {
-    let dir = tempfile::tempdir().unwrap();
-    let plan = Plan {
-        stores: vec![StoreKind::Memory],
-        concurrency: vec![1, 4],
+/// A plan of a fraction of a second per row on no PostgreSQL.
+fn quick_plan(store: StoreKind, concurrency: &[usize], dir: &std::path::Path) -> Plan {
+    Plan {
+        stores: vec![store],
+        concurrency: concurrency.to_vec(),
         timing: Timing {
             warmup: Duration::from_millis(50),
             measure: Duration::from_millis(300),
         },
-        dir: dir.path().to_path_buf(),
+        dir: dir.to_path_buf(),
         postgres_url: None,
-    };
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_rows_complete_pairs_without_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = quick_plan(StoreKind::Memory, &[1, 4], dir.path());
     let mut progress = Vec::new();
     let rows = run(&plan, &mut progress).await;
     let text = String::from_utf8_lossy(&progress);
@@ -43,16 +48,7 @@ async fn memory_rows_complete_pairs_without_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redb_rows_complete_pairs_without_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let plan = Plan {
-        stores: vec![StoreKind::Redb],
-        concurrency: vec![8],
-        timing: Timing {
-            warmup: Duration::from_millis(50),
-            measure: Duration::from_millis(300),
-        },
-        dir: dir.path().to_path_buf(),
-        postgres_url: None,
-    };
+    let plan = quick_plan(StoreKind::Redb, &[8], dir.path());
     let rows = run(&plan, &mut Vec::new()).await;
     let outcome = rows[0].outcome.as_ref().unwrap();
     assert!(outcome.pairs > 0);
@@ -67,16 +63,7 @@ async fn redb_rows_complete_pairs_without_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_floor_row_measures_pairs_without_a_data_plane() {
     let dir = tempfile::tempdir().unwrap();
-    let plan = Plan {
-        stores: vec![StoreKind::Floor],
-        concurrency: vec![4],
-        timing: Timing {
-            warmup: Duration::from_millis(50),
-            measure: Duration::from_millis(300),
-        },
-        dir: dir.path().to_path_buf(),
-        postgres_url: None,
-    };
+    let plan = quick_plan(StoreKind::Floor, &[4], dir.path());
     let mut progress = Vec::new();
     let rows = run(&plan, &mut progress).await;
     let text = String::from_utf8_lossy(&progress);
