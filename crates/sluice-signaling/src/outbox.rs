@@ -12,7 +12,8 @@
 //! answered, and right after a failed attempt (the backoff is each replica's own decision, so
 //! another replica may retry meanwhile). A claim also expires by itself, a little after the
 //! request timeout ([`OutboxOptions::claim_ttl`]): if the replica holding it dies, another one takes
-//! the entry over instead of leaving the callback stuck.
+//! the entry over instead of leaving the callback stuck. On shutdown a deliverer finishes the
+//! attempt in progress (at most one request timeout) and stops before the next one.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -124,10 +125,10 @@ struct Deliverer {
 impl Deliverer {
     async fn run(mut self, shutdown: CancellationToken) {
         loop {
-            let progressed = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                r = self.pass() => r,
-            };
+            let progressed = self.pass(&shutdown).await;
+            if shutdown.is_cancelled() {
+                return;
+            }
             if !progressed {
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
@@ -137,8 +138,11 @@ impl Deliverer {
         }
     }
 
-    /// One scan of the outbox; true if anything was delivered.
-    async fn pass(&mut self) -> bool {
+    /// One scan of the outbox; true if anything was delivered. Stops between entries once
+    /// `shutdown` is cancelled, never inside an attempt: an attempt always ends with its entry
+    /// delivered or its claim released, so a stopping replica leaves no claim that would hold the
+    /// entry back from the others until it expired.
+    async fn pass(&mut self, shutdown: &CancellationToken) -> bool {
         let store = self.dp.flows().store().clone();
         let mut page = Page {
             limit: Some(256),
@@ -154,6 +158,9 @@ impl Deliverer {
                 }
             };
             for key in listing.keys {
+                if shutdown.is_cancelled() {
+                    return progressed;
+                }
                 if self
                     .retry_at
                     .get(&key)
