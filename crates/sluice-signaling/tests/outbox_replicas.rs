@@ -43,19 +43,26 @@ type Counts = Arc<Mutex<HashMap<(String, String), usize>>>;
 
 /// A control plane on 127.0.0.1 that counts callbacks and answers 200 after [`ANSWER_DELAY`].
 async fn control_plane() -> (String, Counts) {
+    control_plane_answering_after(ANSWER_DELAY).await
+}
+
+/// A control plane that counts each callback as it arrives and answers 200 `delay` later.
+async fn control_plane_answering_after(delay: Duration) -> (String, Counts) {
     let counts: Counts = Arc::default();
-    let app = Router::new()
-        .route(
-            "/cp/transfers/{process}/dataflow/{event}",
-            post(
-                |State(c): State<Counts>, Path((process, event)): Path<(String, String)>| async move {
-                    *c.lock().expect("lock").entry((process, event)).or_default() += 1;
-                    tokio::time::sleep(ANSWER_DELAY).await;
-                    StatusCode::OK
-                },
-            ),
-        )
-        .with_state(counts.clone());
+    let app =
+        Router::new()
+            .route(
+                "/cp/transfers/{process}/dataflow/{event}",
+                post(
+                    move |State(c): State<Counts>,
+                          Path((process, event)): Path<(String, String)>| async move {
+                        *c.lock().expect("lock").entry((process, event)).or_default() += 1;
+                        tokio::time::sleep(delay).await;
+                        StatusCode::OK
+                    },
+                ),
+            )
+            .with_state(counts.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -304,6 +311,46 @@ async fn two_replicas_deliver_every_callback_exactly_once() {
         assert!(
             keys(&store_a, CLAIM_PREFIX).await.is_empty(),
             "{backend}: claims are removed with their entries"
+        );
+    }
+}
+
+/// A stop asked for while a callback is on its way lets that attempt finish: the callback is
+/// recorded as delivered and its claim goes with the entry, so no claim is left to hold the entry
+/// back from the other replicas until it expires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stop_during_a_send_finishes_the_attempt_and_leaves_no_claim() {
+    for (backend, [store, _], _pg) in replica_stores().await {
+        let (cp, counts) = control_plane_answering_after(Duration::from_millis(300)).await;
+        let dp = async_dataplane(store.clone());
+        let process = format!("{backend}-stopped-mid-send");
+        let id = prepared_later(&dp, &process, &cp).await;
+        let stop = CancellationToken::new();
+        let replica = deliverer(dp.clone(), &stop);
+        wait_for("the callback to reach the control plane", || {
+            let (counts, process) = (counts.clone(), process.clone());
+            async move { count(&counts, &process, "prepared") == 1 }
+        })
+        .await;
+        stop.cancel();
+        replica.task.await.expect("deliverer");
+        assert_eq!(
+            replica.metrics.delivered.load(Ordering::Relaxed),
+            1,
+            "{backend}: the attempt in flight finished"
+        );
+        assert!(
+            keys(&store, CLAIM_PREFIX).await.is_empty(),
+            "{backend}: no claim left behind"
+        );
+        assert!(
+            keys(&store, OUTBOX_PREFIX).await.is_empty(),
+            "{backend}: the delivered entry is gone"
+        );
+        assert_eq!(
+            dp.status(&id).await.expect("status").state,
+            FlowState::Prepared,
+            "{backend}: the transition the callback reported"
         );
     }
 }
