@@ -138,10 +138,10 @@ impl Deliverer {
         }
     }
 
-    /// One scan of the outbox; true if anything was delivered. Stops between entries once
-    /// `shutdown` is cancelled, never inside an attempt: an attempt always ends with its entry
-    /// delivered or its claim released, so a stopping replica leaves no claim that would hold the
-    /// entry back from the others until it expired.
+    /// One scan of the outbox; true if anything was delivered. Stops between entries (or during
+    /// a listing) once `shutdown` is cancelled, never inside an attempt: an attempt always ends
+    /// with its entry delivered or its claim released, so a stopping replica leaves no claim that
+    /// would hold the entry back from the others until it expired.
     async fn pass(&mut self, shutdown: &CancellationToken) -> bool {
         let store = self.dp.flows().store().clone();
         let mut page = Page {
@@ -149,8 +149,15 @@ impl Deliverer {
             token: None,
         };
         let mut progressed = false;
+        let pattern = format!("{OUTBOX_PREFIX}%");
         loop {
-            let listing = match store.keys(&format!("{OUTBOX_PREFIX}%"), page).await {
+            // A listing holds nothing, so a stop may cut it short (a store that does not answer
+            // would otherwise hold the stop up).
+            let listed = tokio::select! {
+                _ = shutdown.cancelled() => return progressed,
+                l = store.keys(&pattern, page) => l,
+            };
+            let listing = match listed {
                 Ok(l) => l,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot list the callback outbox");

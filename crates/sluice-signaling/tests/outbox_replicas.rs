@@ -540,3 +540,63 @@ async fn a_store_without_ttl_sends_callbacks_unclaimed() {
         "no claim is written"
     );
 }
+
+/// A store whose key listings never answer (a store that hangs); everything else is the memory
+/// store's. `listing` is notified when a listing starts.
+struct StalledListing {
+    inner: MemoryStore,
+    listing: Arc<tokio::sync::Notify>,
+}
+
+#[async_trait::async_trait]
+impl Store for StalledListing {
+    fn name(&self) -> &'static str {
+        "stalled-listing"
+    }
+    fn features(&self) -> sluice_state::Features {
+        self.inner.features()
+    }
+    async fn get(&self, key: &str) -> Result<Option<sluice_state::Item>, sluice_state::StateError> {
+        self.inner.get(key).await
+    }
+    async fn set(&self, req: SetRequest) -> Result<String, sluice_state::StateError> {
+        self.inner.set(req).await
+    }
+    async fn delete(&self, req: DeleteRequest) -> Result<(), sluice_state::StateError> {
+        self.inner.delete(req).await
+    }
+    async fn multi(
+        &self,
+        ops: Vec<sluice_state::TxOperation>,
+    ) -> Result<(), sluice_state::StateError> {
+        self.inner.multi(ops).await
+    }
+    async fn keys(
+        &self,
+        _pattern: &str,
+        _page: Page,
+    ) -> Result<sluice_state::KeyPage, sluice_state::StateError> {
+        self.listing.notify_one();
+        std::future::pending().await
+    }
+}
+
+/// A stop is not held up by a store that does not answer the outbox listing: a listing holds no
+/// claim, so it is cut short.
+#[tokio::test]
+async fn a_stop_is_not_held_up_by_a_listing_that_does_not_answer() {
+    let listing = Arc::new(tokio::sync::Notify::new());
+    let store: Arc<dyn Store> = Arc::new(StalledListing {
+        inner: MemoryStore::new(),
+        listing: listing.clone(),
+    });
+    let stop = CancellationToken::new();
+    let replica = deliverer(async_dataplane(store), &stop);
+    listing.notified().await;
+    stop.cancel();
+    let stopped = tokio::time::timeout(DRAIN_TIMEOUT, replica.task).await;
+    assert!(
+        matches!(stopped, Ok(Ok(()))),
+        "the deliverer stops while its listing hangs: {stopped:?}"
+    );
+}
