@@ -2,6 +2,7 @@
 //! `dataAddress`, a unique `processId` and `messageId`) then terminate of the returned flow, one
 //! pair after another, for a fixed time; pair latencies go to one histogram per connection.
 
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -167,7 +168,8 @@ async fn connection(
         body.clear();
         body.extend_from_slice(b"{\"messageId\":\"t-");
         body.extend_from_slice(prefix.as_bytes());
-        body.extend_from_slice(format!("-{n}\",\"reason\":\"bench\"}}").as_bytes());
+        // Writing into a Vec cannot fail.
+        let _ = write!(body, "-{n}\",\"reason\":\"bench\"}}");
         match c.post(&terminate_path, &body).await {
             Ok(r) if r.status == 200 => {
                 let done = Instant::now();
@@ -189,15 +191,14 @@ async fn connection(
 
 /// A provider-pull start message with a unique process and message id.
 fn start_body(body: &mut Vec<u8>, prefix: &str, n: u64) {
-    body.extend_from_slice(
-        format!(
-            "{{\"messageId\":\"m-{prefix}-{n}\",\"participantId\":\"did:web:provider\",\
-             \"counterPartyId\":\"did:web:consumer\",\"dataspaceContext\":\"bench\",\
-             \"processId\":\"p-{prefix}-{n}\",\"agreementId\":\"agreement-1\",\
-             \"datasetId\":\"dataset-1\",\
-             \"profile\":\"https://w3id.org/dspace-sig/profile/http-pull\"}}"
-        )
-        .as_bytes(),
+    // Writing into a Vec cannot fail.
+    let _ = write!(
+        body,
+        "{{\"messageId\":\"m-{prefix}-{n}\",\"participantId\":\"did:web:provider\",\
+         \"counterPartyId\":\"did:web:consumer\",\"dataspaceContext\":\"bench\",\
+         \"processId\":\"p-{prefix}-{n}\",\"agreementId\":\"agreement-1\",\
+         \"datasetId\":\"dataset-1\",\
+         \"profile\":\"https://w3id.org/dspace-sig/profile/http-pull\"}}"
     );
 }
 
