@@ -245,7 +245,7 @@ impl DataPlane {
     /// finished async (202).
     pub async fn start(&self, msg: StartMessage) -> Result<(StatusMessage, bool), SignalingError> {
         let mode = msg.flow.validate().map_err(SignalingError::BadRequest)?;
-        let address = msg.data_address.clone();
+        let address = msg.flow.data_address.clone();
         self.create(
             &msg.flow.message_id,
             &msg.flow.process_id,

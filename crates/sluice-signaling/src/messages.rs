@@ -148,6 +148,10 @@ pub struct FlowMessage {
     /// Labels.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub labels: Option<Vec<String>>,
+    /// Start only: where to push (provider push); absent for provider pull. A prepare's is
+    /// ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_address: Option<DataAddress>,
 }
 
 impl FlowMessage {
@@ -197,25 +201,24 @@ impl FlowMessage {
     }
 }
 
+// Prepare and start are the same JSON object, read straight into [`FlowMessage`]: a
+// `#[serde(flatten)]` of the shared fields beside start's `dataAddress` made serde buffer every
+// message before reading it (~3 % of a start+terminate pair's server instructions).
+
 /// `POST /dataflows/prepare`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(transparent)]
 pub struct PrepareMessage {
-    /// The shared fields.
-    #[serde(flatten)]
+    /// The message's fields.
     pub flow: FlowMessage,
 }
 
-/// `POST /dataflows/start`.
+/// `POST /dataflows/start`; its `dataAddress` is [`FlowMessage::data_address`].
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(transparent)]
 pub struct StartMessage {
-    /// The shared fields.
-    #[serde(flatten)]
+    /// The message's fields.
     pub flow: FlowMessage,
-    /// Where to push (provider push); absent for provider pull.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub data_address: Option<DataAddress>,
 }
 
 /// `POST /dataflows/{id}/started` and `/resume`.
@@ -282,7 +285,21 @@ mod tests {
         let m: StartMessage = serde_json::from_str(json).expect("parses");
         assert_eq!(m.flow.validate(), Ok(TransferMode::Pull));
         assert_eq!(m.flow.callback_address.as_deref(), Some("http://cp/api"));
-        assert!(m.data_address.is_none());
+        assert!(m.flow.data_address.is_none());
+    }
+
+    #[test]
+    fn a_start_message_reads_and_writes_its_address_beside_the_shared_fields() {
+        let json = r#"{"messageId":"m1","processId":"proc","profile":"x-push",
+            "dataAddress":{"endpointType":"x-push","endpoint":"http://consumer/in"}}"#;
+        let m: StartMessage = serde_json::from_str(json).expect("parses");
+        assert_eq!(m.flow.message_id, "m1");
+        let address = m.flow.data_address.clone().expect("address");
+        assert_eq!(address.endpoint, "http://consumer/in");
+        let v = serde_json::to_value(&m).expect("json");
+        assert_eq!(v["processId"], "proc");
+        assert_eq!(v["dataAddress"]["endpoint"], "http://consumer/in");
+        assert!(v.get("flow").is_none(), "the fields are not nested");
     }
 
     #[test]

@@ -33,7 +33,6 @@ fn start(process: &str, message: &str) -> StartMessage {
             message,
             "https://w3id.org/dspace-sig/profile/http-pull",
         ),
-        data_address: None,
     }
 }
 

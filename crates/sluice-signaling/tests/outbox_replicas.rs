@@ -121,7 +121,6 @@ async fn started_later(dp: &DataPlane, process: &str, callback: &str) -> String 
             "https://w3id.org/dspace-sig/profile/http-pull",
             Some(callback),
         ),
-        data_address: None,
     };
     let (status, is_async) = dp.start(msg).await.expect("start");
     assert!(is_async);

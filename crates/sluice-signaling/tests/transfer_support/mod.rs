@@ -182,8 +182,10 @@ pub fn start(
     callback: Option<&str>,
 ) -> StartMessage {
     StartMessage {
-        flow: flow_message(process, dataset, profile, callback),
-        data_address: address,
+        flow: FlowMessage {
+            data_address: address,
+            ..flow_message(process, dataset, profile, callback)
+        },
     }
 }
 
