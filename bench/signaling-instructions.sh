@@ -10,8 +10,7 @@
 # short run still completes thousands of pairs) and prints instructions a pair: all of them,
 # the server's (axum's connection tasks: HTTP, handlers, store calls made from them), the load
 # generator's, and the rest (store threads, runtime, start-up). Pairs are counted exactly, as the
-# calls from the flow repository into the store (two a pair); on redb, whose writes a group commit
-# merges, that count is not a pair count, so use the memory store for per-pair figures.
+# terminates' flow updates (one a pair), on every store.
 # Needs valgrind and python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,25 +43,23 @@ def cost(pattern):
             best = max(best, int(line.split()[0].replace(",", "")))
     return best
 
-# Calls into the store's write from its callers, as callgrind's caller tree shows them.
+# Pairs: each terminate encodes its flow once, from the flow repository's update.
 lines = annotate("--tree=caller").splitlines()
-calls = 0
+pairs = 0
 for i, line in enumerate(lines):
-    if re.search(r"\*  .*(memory::Inner::write|redb_store::write|PostgresStore as "
-                 r"sluice_state::store::Store>::multi::\{\{closure\}\}) \[", line):
+    if re.search(r"\*  .*sluice_signaling::repository::encode \[", line):
         for j in range(i - 1, max(0, i - 40), -1):
             if not lines[j].strip():
                 break
-            m = re.search(r"< .*(multi::\{\{closure\}\}|write<).*\(([\d,]+)x\)", lines[j])
+            m = re.search(r"< .*FlowRepository::update::\{\{closure\}\} \(([\d,]+)x\)", lines[j])
             if m:
-                calls = max(calls, int(m.group(2).replace(",", "")))
-if calls == 0:
-    sys.exit("no store writes found in the profile")
-pairs = calls / 2
+                pairs = max(pairs, int(m.group(1).replace(",", "")))
+if pairs == 0:
+    sys.exit("no terminate found in the profile")
 total = cost(r"PROGRAM TOTALS")
 server = cost(r"axum::serve::handle_connection::\{\{closure\}\}::\{\{closure\}\} \[")
 client = cost(r"bench_signaling::load::connection::\{\{closure\}\} \[")
-print(f"pairs {pairs:.0f}; instructions a pair: all {total / pairs:,.0f}, "
+print(f"pairs {pairs}; instructions a pair: all {total / pairs:,.0f}, "
       f"server {server / pairs:,.0f}, load generator {client / pairs:,.0f}, "
       f"rest {(total - server - client) / pairs:,.0f}")
 EOF
