@@ -15,6 +15,7 @@ pub mod check;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod huge_pages;
 pub mod interpolate;
 pub mod progress;
 pub mod serve_config;

@@ -17,10 +17,15 @@ use sluice::ui;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    // Before the heap grows: see `huge_pages` for why.
+    let huge_pages = sluice::huge_pages::opt_out();
     let cli = Cli::parse();
     if let Err(e) = ui::init_logging(&cli.log_level, cli.log_format) {
         eprintln!("error: invalid log filter: {e}");
         return ExitCode::from(2);
+    }
+    if let Err(e) = huge_pages {
+        tracing::debug!(error = %e, "cannot turn transparent huge pages off; keeping the kernel's setting");
     }
     match execute(cli) {
         Ok(Ok(())) => ExitCode::SUCCESS,
