@@ -222,74 +222,57 @@ impl DataPlane {
         msg: PrepareMessage,
     ) -> Result<(StatusMessage, bool), SignalingError> {
         let mode = msg.flow.validate().map_err(SignalingError::BadRequest)?;
-        self.create(
-            &msg.flow.message_id,
-            &msg.flow.process_id,
-            |id| {
-                DataFlow::new(
-                    id,
-                    Side::Consumer,
-                    mode,
-                    &msg.flow,
-                    FlowState::Prepared,
-                    now_ms(),
-                )
-            },
-            &self.hooks.on_prepare,
-            FlowState::Preparing,
-        )
-        .await
+        let flow = DataFlow::from_message(
+            new_flow_id(),
+            Side::Consumer,
+            mode,
+            msg.flow,
+            FlowState::Prepared,
+            now_ms(),
+        );
+        self.create(flow, &self.hooks.on_prepare, FlowState::Preparing)
+            .await
     }
 
     /// Provider side: start sending (push) or serving (pull). Returns the status and whether it
     /// finished async (202).
     pub async fn start(&self, msg: StartMessage) -> Result<(StatusMessage, bool), SignalingError> {
         let mode = msg.flow.validate().map_err(SignalingError::BadRequest)?;
-        let address = msg.flow.data_address.clone();
-        self.create(
-            &msg.flow.message_id,
-            &msg.flow.process_id,
-            |id| {
-                let mut f = DataFlow::new(
-                    id,
-                    Side::Provider,
-                    mode,
-                    &msg.flow,
-                    FlowState::Started,
-                    now_ms(),
-                );
-                f.source_address = address;
-                f
-            },
-            &self.hooks.on_start,
-            FlowState::Starting,
-        )
-        .await
+        let mut message = msg.flow;
+        let address = message.data_address.take();
+        let mut flow = DataFlow::from_message(
+            new_flow_id(),
+            Side::Provider,
+            mode,
+            message,
+            FlowState::Started,
+            now_ms(),
+        );
+        flow.source_address = address;
+        self.create(flow, &self.hooks.on_start, FlowState::Starting)
+            .await
     }
 
-    /// Creates a flow (deduplicated by process and message id) and runs its hook.
+    /// Stores a new flow (deduplicated by its process and creating message) and runs its hook.
     async fn create(
         &self,
-        message_id: &str,
-        process_id: &str,
-        make: impl FnOnce(String) -> DataFlow,
+        mut flow: DataFlow,
         hook: &Option<Hook>,
         async_state: FlowState,
     ) -> Result<(StatusMessage, bool), SignalingError> {
-        if let Some((existing, _)) = self.repo.by_process(process_id).await? {
-            return replay(existing, message_id);
+        if let Some((existing, _)) = self.repo.by_process(&flow.process_id).await? {
+            return replay(existing, &flow.created_by);
         }
-        let mut flow = make(uuid::Uuid::now_v7().to_string());
         let out = Self::run_hook(hook, &flow).await?;
         let is_async = out.completion == Completion::Async;
         if is_async {
             flow.state = async_state;
         }
         flow.issued_address = out.issued_address;
-        flow.created_response = flow.status(message_id.to_string());
+        flow.created_response = flow.status(flow.created_by.clone());
         match self.repo.create(&flow, out.writes).await? {
-            Created::New => Ok((flow.created_response.clone(), is_async)),
-            Created::Existing(existing, _) => replay(*existing, message_id),
+            Created::New => Ok((flow.created_response, is_async)),
+            Created::Existing(existing, _) => replay(*existing, &flow.created_by),
         }
     }
 
@@ -306,7 +289,7 @@ impl DataPlane {
         for _ in 0..MAX_RETRIES {
             let (mut flow, etag) = self
                 .repo
-                .get(id)
+                .get_for_update(id)
                 .await?
                 .ok_or_else(|| SignalingError::NotFound(id.to_string()))?;
             if !flow.transition(to, now_ms())? {
@@ -604,6 +587,11 @@ impl DataPlane {
 }
 
 /// The answer to a duplicate create: the stored response for the same message, 409 otherwise.
+/// A new flow id: a UUIDv7, so ids sort by creation time.
+fn new_flow_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
 fn replay(existing: DataFlow, message_id: &str) -> Result<(StatusMessage, bool), SignalingError> {
     if existing.created_by == message_id {
         let is_async = matches!(

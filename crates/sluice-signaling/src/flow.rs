@@ -101,22 +101,47 @@ impl DataFlow {
         initial: FlowState,
         now_ms: u64,
     ) -> Self {
+        Self::from_message(id, side, mode, msg.clone(), initial, now_ms)
+    }
+
+    /// Like [`DataFlow::new`], taking the message's fields instead of copying them (the
+    /// message's `dataAddress` is not kept: a provider's start sets `source_address` itself).
+    pub fn from_message(
+        id: String,
+        side: Side,
+        mode: TransferMode,
+        msg: FlowMessage,
+        initial: FlowState,
+        now_ms: u64,
+    ) -> Self {
+        let profile = if msg.profile.is_empty() {
+            msg.transfer_type.unwrap_or_default()
+        } else {
+            msg.profile
+        };
         DataFlow {
-            id: id.clone(),
-            process_id: msg.process_id.clone(),
+            created_response: StatusMessage {
+                message_id: msg.message_id.clone(),
+                data_flow_id: id.clone(),
+                state: initial,
+                data_address: None,
+                error: None,
+            },
+            id,
+            process_id: msg.process_id,
             side,
             mode,
-            profile: msg.effective_profile().to_string(),
-            participant_id: msg.participant_id.clone(),
-            counter_party_id: msg.counter_party_id.clone(),
-            dataspace_context: msg.dataspace_context.clone(),
-            agreement_id: msg.agreement_id.clone(),
-            dataset_id: msg.dataset_id.clone(),
-            callback_address: msg.callback_address.clone(),
-            callback_authorization: msg.callback_authorization.clone(),
-            claims: msg.claims.clone(),
-            metadata: msg.metadata.clone(),
-            labels: msg.labels.clone(),
+            profile,
+            participant_id: msg.participant_id,
+            counter_party_id: msg.counter_party_id,
+            dataspace_context: msg.dataspace_context,
+            agreement_id: msg.agreement_id,
+            dataset_id: msg.dataset_id,
+            callback_address: msg.callback_address,
+            callback_authorization: msg.callback_authorization,
+            claims: msg.claims,
+            metadata: msg.metadata,
+            labels: msg.labels,
             state: initial,
             state_count: 1,
             state_timestamp: now_ms,
@@ -124,14 +149,7 @@ impl DataFlow {
             source_address: None,
             issued_address: None,
             error: None,
-            created_by: msg.message_id.clone(),
-            created_response: StatusMessage {
-                message_id: msg.message_id.clone(),
-                data_flow_id: id,
-                state: initial,
-                data_address: None,
-                error: None,
-            },
+            created_by: msg.message_id,
         }
     }
 
@@ -207,6 +225,43 @@ mod tests {
         let err = f.transition(FlowState::Completed, 40).expect_err("illegal");
         assert_eq!(err.from, FlowState::Suspended);
         assert_eq!(f.state_count, 2);
+    }
+
+    #[test]
+    fn from_message_takes_the_fields_new_copies() {
+        let msg = FlowMessage {
+            message_id: "m1".into(),
+            process_id: "p1".into(),
+            participant_id: "did:web:a".into(),
+            counter_party_id: "did:web:b".into(),
+            dataset_id: "d1".into(),
+            transfer_type: Some("HttpData-PULL".into()),
+            labels: Some(vec!["l".into()]),
+            ..FlowMessage::default()
+        };
+        let copied = DataFlow::new(
+            "f1".into(),
+            Side::Provider,
+            TransferMode::Pull,
+            &msg,
+            FlowState::Started,
+            10,
+        );
+        let moved = DataFlow::from_message(
+            "f1".into(),
+            Side::Provider,
+            TransferMode::Pull,
+            msg,
+            FlowState::Started,
+            10,
+        );
+        assert_eq!(moved, copied);
+        assert_eq!(
+            moved.profile, "HttpData-PULL",
+            "RC2 transfer type as the profile"
+        );
+        assert_eq!(moved.created_by, "m1");
+        assert_eq!(moved.created_response.data_flow_id, "f1");
     }
 
     #[test]

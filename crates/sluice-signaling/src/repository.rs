@@ -149,6 +149,23 @@ impl FlowRepository {
         Ok(Some((flow, item.etag)))
     }
 
+    /// Like [`FlowRepository::get`], for a caller that changes the flow and then stores it
+    /// with [`FlowRepository::update`]: the kept copy is handed over instead of cloned (the
+    /// update keeps the new one).
+    pub async fn get_for_update(
+        &self,
+        id: &str,
+    ) -> Result<Option<(DataFlow, String)>, SignalingError> {
+        let Some(item) = self.read(&flow_key(id)).await? else {
+            return Ok(None);
+        };
+        let flow = match self.decoded.take(id, &item.value) {
+            Some(flow) => flow,
+            None => decode(id, &item.value)?,
+        };
+        Ok(Some((flow, item.etag)))
+    }
+
     /// The flow of a control-plane process.
     pub async fn by_process(
         &self,
@@ -201,11 +218,21 @@ impl FlowRepository {
 }
 
 fn encode(flow: &DataFlow) -> Result<Bytes, SignalingError> {
-    // A stored flow is about 600 bytes: one allocation instead of growing from serde_json's 128.
-    let mut out = Vec::with_capacity(1024);
-    serde_json::to_writer(&mut out, flow)
-        .map(|()| Bytes::from(out))
-        .map_err(|e| SignalingError::Internal(format!("cannot encode flow {}: {e}", flow.id)))
+    thread_local! {
+        // Reused across flows: the stored bytes are then one allocation of their exact size
+        // (stores keep them, the memory store for as long as the flow lives).
+        static BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    BUFFER.with_borrow_mut(|out| {
+        out.clear();
+        let encoded = serde_json::to_writer(&mut *out, flow)
+            .map(|()| Bytes::copy_from_slice(out))
+            .map_err(|e| SignalingError::Internal(format!("cannot encode flow {}: {e}", flow.id)));
+        if out.capacity() > 64 * 1024 {
+            *out = Vec::new();
+        }
+        encoded
+    })
 }
 
 fn decode(id: &str, bytes: &[u8]) -> Result<DataFlow, SignalingError> {

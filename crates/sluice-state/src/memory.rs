@@ -120,14 +120,17 @@ impl Inner {
     /// Stores `entry` at `key`, keeping the deadline index exact, and records the put (after
     /// the delete of an expired item it replaces); returns the entry it replaced.
     fn put(&mut self, key: String, entry: Entry, now: SystemTime) -> Option<Entry> {
-        if let Some(at) = self.items.get(&key).and_then(|e| e.expires_at) {
+        let value = entry.value.clone();
+        let deadline = entry.expires_at;
+        // One search of the map: the replaced entry comes back from the insert.
+        let old = self.items.insert(key.clone(), entry);
+        let old_deadline = old.as_ref().and_then(|e| e.expires_at);
+        if let Some(at) = old_deadline.filter(|at| Some(*at) != deadline) {
             self.deadlines.remove(&(at, key.clone()));
         }
-        if let Some(at) = entry.expires_at {
+        if let Some(at) = deadline.filter(|at| Some(*at) != old_deadline) {
             self.deadlines.insert((at, key.clone()));
         }
-        let value = entry.value.clone();
-        let old = self.items.insert(key.clone(), entry);
         let prev_value = match &old {
             Some(e) if e.live(now) => Some(e.value.clone()),
             Some(e) => {

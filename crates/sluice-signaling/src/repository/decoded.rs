@@ -38,6 +38,16 @@ impl Decoded {
         (kept.bytes.as_ref() == stored).then(|| kept.flow.clone())
     }
 
+    /// Like [`Decoded::get`], but the flow is handed over rather than copied (for a caller
+    /// about to change and store it, which keeps the result again).
+    pub(super) fn take(&self, id: &str, stored: &[u8]) -> Option<DataFlow> {
+        let mut flows = self.flows.lock().ok()?;
+        if flows.get(id)?.bytes.as_ref() != stored {
+            return None;
+        }
+        flows.remove(id).map(|kept| kept.flow)
+    }
+
     /// Keeps `flow`, stored as `bytes` (which decode to it); a flow in a final state is
     /// forgotten instead.
     pub(super) fn put(&self, flow: &DataFlow, bytes: Bytes) {
@@ -108,6 +118,20 @@ mod tests {
         changed.state_count += 1;
         assert_eq!(d.get("f1", &bytes(&changed)), None, "other bytes: a miss");
         assert_eq!(d.get("f2", &bytes(&f)), None, "another id: a miss");
+    }
+
+    #[test]
+    fn take_hands_the_flow_over_only_for_its_bytes() {
+        let d = Decoded::default();
+        let f = flow("f1", FlowState::Started);
+        d.put(&f, bytes(&f));
+        let mut changed = f.clone();
+        changed.state_count += 1;
+        assert_eq!(d.take("f1", &bytes(&changed)), None, "other bytes: a miss");
+        assert_eq!(d.len(), 1, "a miss keeps the entry");
+        assert_eq!(d.take("f1", &bytes(&f)), Some(f.clone()));
+        assert_eq!(d.len(), 0, "handed over, not copied");
+        assert_eq!(d.get("f1", &bytes(&f)), None);
     }
 
     #[test]
