@@ -135,18 +135,7 @@ impl FlowRepository {
 
     /// The flow with this id and its ETag.
     pub async fn get(&self, id: &str) -> Result<Option<(DataFlow, String)>, SignalingError> {
-        let Some(item) = self.read(&flow_key(id)).await? else {
-            return Ok(None);
-        };
-        let flow = match self.decoded.get(id, &item.value) {
-            Some(flow) => flow,
-            None => {
-                let flow = decode(id, &item.value)?;
-                self.decoded.put(&flow, item.value);
-                flow
-            }
-        };
-        Ok(Some((flow, item.etag)))
+        self.load(id, false).await
     }
 
     /// Like [`FlowRepository::get`], for a caller that changes the flow and then stores it
@@ -156,12 +145,33 @@ impl FlowRepository {
         &self,
         id: &str,
     ) -> Result<Option<(DataFlow, String)>, SignalingError> {
+        self.load(id, true).await
+    }
+
+    /// Reads a flow, from the kept decoded copy when the stored bytes match it (handed over
+    /// if `hand_over`, else cloned and a freshly decoded flow kept).
+    async fn load(
+        &self,
+        id: &str,
+        hand_over: bool,
+    ) -> Result<Option<(DataFlow, String)>, SignalingError> {
         let Some(item) = self.read(&flow_key(id)).await? else {
             return Ok(None);
         };
-        let flow = match self.decoded.take(id, &item.value) {
+        let kept = if hand_over {
+            self.decoded.take(id, &item.value)
+        } else {
+            self.decoded.get(id, &item.value)
+        };
+        let flow = match kept {
             Some(flow) => flow,
-            None => decode(id, &item.value)?,
+            None => {
+                let flow = decode(id, &item.value)?;
+                if !hand_over {
+                    self.decoded.put(&flow, item.value);
+                }
+                flow
+            }
         };
         Ok(Some((flow, item.etag)))
     }

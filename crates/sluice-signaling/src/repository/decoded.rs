@@ -34,17 +34,14 @@ impl Decoded {
     /// The flow `id` if `stored` are the bytes it was kept with.
     pub(super) fn get(&self, id: &str, stored: &[u8]) -> Option<DataFlow> {
         let flows = self.flows.lock().ok()?;
-        let kept = flows.get(id)?;
-        (kept.bytes.as_ref() == stored).then(|| kept.flow.clone())
+        matching(&flows, id, stored).map(|kept| kept.flow.clone())
     }
 
     /// Like [`Decoded::get`], but the flow is handed over rather than copied (for a caller
     /// about to change and store it, which keeps the result again).
     pub(super) fn take(&self, id: &str, stored: &[u8]) -> Option<DataFlow> {
         let mut flows = self.flows.lock().ok()?;
-        if flows.get(id)?.bytes.as_ref() != stored {
-            return None;
-        }
+        matching(&flows, id, stored)?;
         flows.remove(id).map(|kept| kept.flow)
     }
 
@@ -78,6 +75,11 @@ impl Decoded {
     fn len(&self) -> usize {
         self.flows.lock().map(|f| f.len()).unwrap_or(0)
     }
+}
+
+/// The flow kept for `id`, if it was kept with exactly the `stored` bytes.
+fn matching<'a>(flows: &'a HashMap<String, Kept>, id: &str, stored: &[u8]) -> Option<&'a Kept> {
+    flows.get(id).filter(|kept| kept.bytes.as_ref() == stored)
 }
 
 #[cfg(test)]
