@@ -586,12 +586,12 @@ impl DataPlane {
     }
 }
 
-/// The answer to a duplicate create: the stored response for the same message, 409 otherwise.
 /// A new flow id: a UUIDv7, so ids sort by creation time.
 fn new_flow_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 
+/// The answer to a duplicate create: the stored response for the same message, 409 otherwise.
 fn replay(existing: DataFlow, message_id: &str) -> Result<(StatusMessage, bool), SignalingError> {
     if existing.created_by == message_id {
         let is_async = matches!(
