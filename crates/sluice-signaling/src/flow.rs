@@ -195,21 +195,25 @@ pub fn now_ms() -> u64 {
 mod tests {
     use super::*;
 
-    fn flow() -> DataFlow {
-        let msg = FlowMessage {
-            message_id: "m1".into(),
-            process_id: "p1".into(),
-            profile: "x-pull".into(),
-            ..FlowMessage::default()
-        };
+    /// A started provider pull flow `f1` of `msg`, copied from it.
+    fn started(msg: &FlowMessage) -> DataFlow {
         DataFlow::new(
             "f1".into(),
             Side::Provider,
             TransferMode::Pull,
-            &msg,
+            msg,
             FlowState::Started,
             10,
         )
+    }
+
+    fn flow() -> DataFlow {
+        started(&FlowMessage {
+            message_id: "m1".into(),
+            process_id: "p1".into(),
+            profile: "x-pull".into(),
+            ..FlowMessage::default()
+        })
     }
 
     #[test]
@@ -239,14 +243,7 @@ mod tests {
             labels: Some(vec!["l".into()]),
             ..FlowMessage::default()
         };
-        let copied = DataFlow::new(
-            "f1".into(),
-            Side::Provider,
-            TransferMode::Pull,
-            &msg,
-            FlowState::Started,
-            10,
-        );
+        let copied = started(&msg);
         let moved = DataFlow::from_message(
             "f1".into(),
             Side::Provider,
