@@ -594,18 +594,32 @@ impl Store for RedbStore {
             return Ok(());
         }
         self.write(Weight::of(ops.len()), move |w| {
-            for (index, op) in ops.iter().enumerate() {
-                if let Err(source) = w.check(op)? {
-                    let aborted = StateError::TransactionAborted {
-                        index,
-                        key: op.key().to_string(),
-                        source: Box::new(source),
-                    };
-                    return Ok(Err(aborted));
+            let aborted = |index: usize, op: &TxOperation, source| StateError::TransactionAborted {
+                index,
+                key: op.key().to_string(),
+                source: Box::new(source),
+            };
+            if distinct_keys(&ops) {
+                // Each key is read once, for its check and its write.
+                let mut reads = Vec::with_capacity(ops.len());
+                for (index, op) in ops.iter().enumerate() {
+                    match w.check_and_read(op)? {
+                        Ok(read) => reads.push(read),
+                        Err(source) => return Ok(Err(aborted(index, op, source))),
+                    }
                 }
-            }
-            for op in &ops {
-                w.apply(op)?;
+                for (op, read) in ops.iter().zip(reads) {
+                    w.apply_read(op, read)?;
+                }
+            } else {
+                for (index, op) in ops.iter().enumerate() {
+                    if let Err(source) = w.check(op)? {
+                        return Ok(Err(aborted(index, op, source)));
+                    }
+                }
+                for op in &ops {
+                    w.apply(op)?;
+                }
             }
             w.sweep(SWEEP_PER_WRITE)?;
             Ok(Ok(()))
@@ -692,7 +706,10 @@ fn write<T>(
     if let Some((log_bytes, log_records)) = feed.checkpoint_due() {
         // The log's records so far become redundant once this commit is durable in the file.
         let began = std::time::Instant::now();
-        let covered = match feed.wal.rotate() {
+        let covered = match feed.wal.rotate().and_then(|covered| {
+            apply_history(held, &feed.db, path, &redo)?;
+            Ok(covered)
+        }) {
             Ok(covered) => covered,
             Err(failed) => {
                 held.restore(&feed.db, path);
@@ -725,10 +742,30 @@ fn write<T>(
     // Our own record always decodes; were it not to, the commit is still in the log and the
     // open transaction, and readers see it from the next flush on.
     let shown = feed.overlay.apply(&redo, path);
-    held.hold(redo);
     publish(feed, revision);
+    // While the log's sync is under way: the commit's history writes.
+    let applied = apply_history(held, &feed.db, path, &redo);
+    held.hold(redo);
+    if applied.is_err() {
+        // The transaction holds part of this commit: rebuilt from the held records, this one's
+        // included (it is in the log).
+        held.restore(&feed.db, path);
+    }
     shown?;
+    applied?;
     Ok((answer, Some(lsn)))
+}
+
+/// Applies the history writes of a commit's `redo` (deferred by its [`Writer`]) to the open
+/// transaction.
+fn apply_history(
+    held: &mut Held,
+    db: &Database,
+    path: &Path,
+    redo: &[u8],
+) -> Result<(), StateError> {
+    let txn = held.txn(db, path)?;
+    Tables::open(txn, path)?.apply_history(redo)
 }
 
 /// Runs `f` as one commit ([`write`]), then commits the held writes to the file if they are
@@ -755,6 +792,12 @@ fn flush(feed: &RedbFeed, held: &mut Held) {
             tracing::warn!(store = %feed.path.display(), error = %e, "cannot commit held writes to the file; keeping them in memory");
         }
     }
+}
+
+/// Whether no two of `ops` share a key.
+fn distinct_keys(ops: &[TxOperation]) -> bool {
+    let mut seen = std::collections::HashSet::with_capacity(ops.len());
+    ops.iter().all(|op| seen.insert(op.key()))
 }
 
 /// Wakes the watchers waiting for `revision`.
@@ -824,6 +867,106 @@ mod tests {
         assert!(store.get("half").await.expect("get").is_none());
         assert!(store.get("kept").await.expect("get").is_some());
         assert!(store.get("after").await.expect("get").is_some());
+    }
+
+    /// A store with `retention` whose held commits go to the file every third commit, so that
+    /// history is read from both.
+    fn with_retention(path: &Path, retention: Retention) -> RedbStore {
+        let options = RedbOptions {
+            retention,
+            flush_commits: 3,
+            ..RedbOptions::default()
+        };
+        RedbStore::open_with_options(path, options).expect("open")
+    }
+
+    /// Writes `keys` in one commit; returns its revision.
+    async fn commit_keys(store: &RedbStore, keys: &[&str]) -> u64 {
+        let reqs = keys.iter().map(|k| SetRequest::new(*k, "v")).collect();
+        for result in store.set_many(reqs).await {
+            result.expect("set");
+        }
+        store.feed.current_revision().await.expect("revision")
+    }
+
+    /// The keys of the changes after `after`, or the compaction notice.
+    async fn history_after(store: &RedbStore, after: u64) -> Result<Vec<(u64, String)>, u64> {
+        match store
+            .feed
+            .changes_after(after, 1000)
+            .await
+            .expect("changes")
+        {
+            ChangesAfter::Changes(page) => Ok(page
+                .changes
+                .into_iter()
+                .map(|c| (c.revision, c.key))
+                .collect()),
+            ChangesAfter::Compacted { oldest } => Err(oldest),
+        }
+    }
+
+    /// The count bound drops whole revisions, oldest first, and a commit larger than the bound
+    /// drops itself too; the file holds the same history after a reopen.
+    #[tokio::test]
+    async fn history_keeps_whole_revisions_within_the_count_bound() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state.redb");
+        let retention = Retention {
+            max_changes: Some(5),
+            max_age: None,
+        };
+        let (r2, r3, r4, r5) = {
+            let store = with_retention(&path, retention);
+            commit_keys(&store, &["a1", "a2"]).await;
+            let r2 = commit_keys(&store, &["b1", "b2"]).await;
+            let r3 = commit_keys(&store, &["c1", "c2"]).await;
+            let r4 = commit_keys(&store, &["d1", "d2"]).await;
+            assert_eq!(history_after(&store, 0).await, Err(r2));
+            let kept = vec![
+                (r3, "c1".to_string()),
+                (r3, "c2".to_string()),
+                (r4, "d1".to_string()),
+                (r4, "d2".to_string()),
+            ];
+            assert_eq!(history_after(&store, r2).await, Ok(kept));
+            let big: Vec<String> = (0..7).map(|i| format!("e{i}")).collect();
+            let big: Vec<&str> = big.iter().map(String::as_str).collect();
+            let r5 = commit_keys(&store, &big).await;
+            assert_eq!(history_after(&store, r4).await, Err(r5));
+            assert_eq!(history_after(&store, r5).await, Ok(vec![]));
+            (r2, r3, r4, r5)
+        };
+        let store = with_retention(&path, retention);
+        assert_eq!(history_after(&store, r2).await, Err(r5));
+        assert_eq!(history_after(&store, r5).await, Ok(vec![]));
+        let r6 = commit_keys(&store, &["f1"]).await;
+        assert_eq!(
+            history_after(&store, r5).await,
+            Ok(vec![(r6, "f1".to_string())])
+        );
+        assert!(r2 < r3 && r3 < r4 && r4 < r5 && r5 < r6);
+    }
+
+    /// The age bound drops the revisions committed before it, and keeps the rest.
+    #[tokio::test]
+    async fn history_drops_revisions_older_than_the_age_bound() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = with_retention(
+            &dir.path().join("state.redb"),
+            Retention {
+                max_changes: None,
+                max_age: Some(std::time::Duration::from_millis(300)),
+            },
+        );
+        let r1 = commit_keys(&store, &["old1", "old2"]).await;
+        tokio::time::sleep(std::time::Duration::from_millis(450)).await;
+        let r2 = commit_keys(&store, &["new"]).await;
+        assert_eq!(history_after(&store, 0).await, Err(r1));
+        assert_eq!(
+            history_after(&store, r1).await,
+            Ok(vec![(r2, "new".to_string())])
+        );
     }
 
     /// A write that finds the writer busy waits for it, and commits once the writer is free.

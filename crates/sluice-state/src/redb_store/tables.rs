@@ -1,10 +1,15 @@
 //! The tables of the store file, and the one place they are changed: [`Tables`] applies each
 //! change to the write transaction and appends it to a redo record, which the write-ahead log
 //! (see [`super::wal`]) makes durable and replays after a crash.
+//!
+//! The history ([`CHANGES`]) is written but never read by a commit except to size it for the
+//! retention, so a commit may leave its history writes out of the transaction until its record is
+//! in the log ([`Tables::defer_history`], then [`Tables::apply_history`]): the B-tree work then
+//! runs while the log's `fdatasync` is under way instead of before it starts.
 
 use std::path::Path;
 
-use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
+use redb::{ReadableTable, ReadableTableMetadata, Table, TableDefinition, WriteTransaction};
 
 use super::errors::{backend_error, op_error};
 use crate::error::StateError;
@@ -44,9 +49,11 @@ pub(super) struct Tables<'t> {
     pub(super) items: Table<'t, &'static str, &'static [u8]>,
     pub(super) deadlines: Table<'t, (u64, &'static str), ()>,
     pub(super) meta: Table<'t, &'static str, u64>,
-    pub(super) changes: Table<'t, (u64, u32), &'static [u8]>,
+    pub(super) changes: ChangesTable<'t>,
     path: &'t Path,
     redo: Vec<u8>,
+    /// History writes go to the redo record only, for [`Tables::apply_history`].
+    defer_history: bool,
 }
 
 impl<'t> Tables<'t> {
@@ -67,7 +74,40 @@ impl<'t> Tables<'t> {
                 .map_err(|e| op_error(path, "open the changes table of", e))?,
             path,
             redo: Vec::new(),
+            defer_history: false,
         })
+    }
+
+    /// From now on, history writes ([`Tables::put_change`], [`Tables::drop_changes_through`])
+    /// go to the redo record only; the caller applies them with [`Tables::apply_history`] before
+    /// the transaction is committed or read for history.
+    pub(super) fn defer_history(&mut self) {
+        self.defer_history = true;
+    }
+
+    /// Applies the history writes of `redo` (made with [`Tables::defer_history`]) to the
+    /// transaction, in order; the redo record itself is left as it is.
+    pub(super) fn apply_history(&mut self, redo: &[u8]) -> Result<(), StateError> {
+        let path = self.path;
+        let changes = &mut self.changes;
+        for_each_op(redo, path, |op| match op {
+            RedoOp::PutChange {
+                revision,
+                seq,
+                change,
+            } => insert_change(changes, path, revision, seq, change),
+            RedoOp::DropChangesThrough { through } => {
+                remove_changes_through(changes, path, through)
+            }
+            _ => Ok(()),
+        })
+    }
+
+    /// How many history entries the transaction's table holds (without deferred writes).
+    pub(super) fn history_len(&self) -> Result<u64, StateError> {
+        self.changes
+            .len()
+            .map_err(|e| op_error(self.path, "count the changes of", e))
     }
 
     /// The changes made so far, as a redo record for [`Tables::replay`].
@@ -139,9 +179,9 @@ impl<'t> Tables<'t> {
         seq: u32,
         change: &[u8],
     ) -> Result<(), StateError> {
-        self.changes
-            .insert((revision, seq), change)
-            .map_err(|e| op_error(self.path, "write a change to", e))?;
+        if !self.defer_history {
+            insert_change(&mut self.changes, self.path, revision, seq, change)?;
+        }
         self.redo.push(PUT_CHANGE);
         self.redo.extend_from_slice(&revision.to_le_bytes());
         self.redo.extend_from_slice(&seq.to_le_bytes());
@@ -151,9 +191,9 @@ impl<'t> Tables<'t> {
 
     /// Drops every change with a revision ≤ `through`.
     pub(super) fn drop_changes_through(&mut self, through: u64) -> Result<(), StateError> {
-        self.changes
-            .retain_in((0u64, 0u32)..=(through, u32::MAX), |_, _| false)
-            .map_err(|e| op_error(self.path, "compact the changes of", e))?;
+        if !self.defer_history {
+            remove_changes_through(&mut self.changes, self.path, through)?;
+        }
         self.redo.push(DROP_CHANGES_THROUGH);
         self.redo.extend_from_slice(&through.to_le_bytes());
         Ok(())
@@ -190,6 +230,33 @@ impl<'t> Tables<'t> {
             RedoOp::DropChangesThrough { through } => self.drop_changes_through(through),
         })
     }
+}
+
+type ChangesTable<'t> = Table<'t, (u64, u32), &'static [u8]>;
+
+/// Writes one history entry.
+fn insert_change(
+    changes: &mut ChangesTable<'_>,
+    path: &Path,
+    revision: u64,
+    seq: u32,
+    change: &[u8],
+) -> Result<(), StateError> {
+    changes
+        .insert((revision, seq), change)
+        .map(drop)
+        .map_err(|e| op_error(path, "write a change to", e))
+}
+
+/// Drops every history entry with a revision ≤ `through`.
+fn remove_changes_through(
+    changes: &mut ChangesTable<'_>,
+    path: &Path,
+    through: u64,
+) -> Result<(), StateError> {
+    changes
+        .retain_in((0u64, 0u32)..=(through, u32::MAX), |_, _| false)
+        .map_err(|e| op_error(path, "compact the changes of", e))
 }
 
 /// One change of a redo record.

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use redb::{ReadableTable, ReadableTableMetadata, WriteTransaction};
+use redb::{ReadableTable, WriteTransaction};
 
 use super::changes;
 use super::errors::{backend_error, corrupt, op_error};
@@ -37,7 +37,51 @@ pub(super) struct Writer<'t> {
     last_version: u64,
     version_moved: bool,
     changed: bool,
+    /// History entries written at `deferred_revision` that are not in the table yet (see
+    /// [`Tables::defer_history`]).
+    deferred_puts: u64,
+    deferred_revision: u64,
+    /// The highest revision this transaction dropped from the history (0: none), still in the
+    /// table until the history is applied.
+    deferred_drop: u64,
 }
+
+/// One revision of the history, as the retention sees it.
+struct HeldRevision {
+    revision: u64,
+    /// Commit time of its first change.
+    at_ms: u64,
+    changes: u64,
+}
+
+/// Groups (revision, commit time) entries in revision order into revisions.
+fn group_revisions(
+    entries: impl Iterator<Item = Result<(u64, u64), StateError>>,
+) -> impl Iterator<Item = Result<HeldRevision, StateError>> {
+    let mut entries = entries.peekable();
+    std::iter::from_fn(move || {
+        let (revision, at_ms) = match entries.next()? {
+            Ok(first) => first,
+            Err(e) => return Some(Err(e)),
+        };
+        let mut changes = 1;
+        while let Some(Ok((next, _))) = entries.peek() {
+            if *next != revision {
+                break;
+            }
+            changes += 1;
+            entries.next();
+        }
+        Some(Ok(HeldRevision {
+            revision,
+            at_ms,
+            changes,
+        }))
+    })
+}
+
+/// What a key held when [`Writer::check_and_read`] checked it.
+pub(super) struct Read(Option<(Stored, Bytes)>);
 
 /// What is stored at a key.
 struct Stored {
@@ -53,7 +97,8 @@ impl<'t> Writer<'t> {
         path: &'t Path,
         retention: Retention,
     ) -> Result<Self, StateError> {
-        let t = Tables::open(txn, path)?;
+        let mut t = Tables::open(txn, path)?;
+        t.defer_history();
         let last_version = t.counter(LAST_VERSION)?;
         let now = SystemTime::now();
         Ok(Writer {
@@ -66,6 +111,9 @@ impl<'t> Writer<'t> {
             last_version,
             version_moved: false,
             changed: false,
+            deferred_puts: 0,
+            deferred_revision: 0,
+            deferred_drop: 0,
         })
     }
 
@@ -109,64 +157,114 @@ impl<'t> Writer<'t> {
             })?;
             self.t
                 .put_change(revision, seq, &changes::encode(change, self.now_ms))?;
+            self.deferred_puts += 1;
         }
+        self.deferred_revision = revision;
         self.changed = true;
         Ok(Some(revision))
     }
 
     /// Drops the oldest revisions beyond the retention; returns whether it dropped any.
     pub(super) fn enforce_retention(&mut self) -> Result<bool, StateError> {
-        let mut dropped = false;
-        if let Some(max) = self.retention.max_changes {
-            let max = max as u64;
-            while self
-                .t
-                .changes
-                .len()
-                .map_err(|e| op_error(self.path, "count the changes of", e))?
-                > max
-            {
-                dropped |= self.drop_oldest_revision()?;
+        match self.retention_boundary()? {
+            Some(through) => {
+                self.compact_through(through)?;
+                Ok(true)
             }
+            None => Ok(false),
         }
-        if let Some(age) = self.retention.max_age {
-            let age_ms = u64::try_from(age.as_millis()).unwrap_or(u64::MAX);
-            let cutoff = self.now_ms.saturating_sub(age_ms);
-            while self.oldest_change_ms()?.is_some_and(|at| at < cutoff) {
-                dropped |= self.drop_oldest_revision()?;
-            }
-        }
-        Ok(dropped)
     }
 
-    /// The commit time of the oldest change held.
-    fn oldest_change_ms(&self) -> Result<Option<u64>, StateError> {
-        let first = self
+    /// The highest revision the retention drops, if any: whole revisions, oldest first, while
+    /// more changes than the count bound are held, then while the oldest change is older than
+    /// the age bound.
+    fn retention_boundary(&self) -> Result<Option<u64>, StateError> {
+        let Retention {
+            max_changes,
+            max_age,
+        } = self.retention;
+        if max_changes.is_none() && max_age.is_none() {
+            return Ok(None);
+        }
+        let mut held = self.history_held()?;
+        let mut revisions = self.history_revisions()?;
+        let mut through = None;
+        if let Some(max) = max_changes {
+            while held > max as u64 {
+                let Some(revision) = revisions.next().transpose()? else {
+                    break;
+                };
+                held -= revision.changes;
+                through = Some(revision.revision);
+            }
+        }
+        if let Some(age) = max_age {
+            let age_ms = u64::try_from(age.as_millis()).unwrap_or(u64::MAX);
+            let cutoff = self.now_ms.saturating_sub(age_ms);
+            while let Some(revision) = revisions.next().transpose()? {
+                if revision.at_ms >= cutoff {
+                    break;
+                }
+                through = Some(revision.revision);
+            }
+        }
+        Ok(through)
+    }
+
+    /// How many changes the history holds, this transaction's included.
+    fn history_held(&self) -> Result<u64, StateError> {
+        let mut in_table = self.t.history_len()?;
+        if self.deferred_drop > 0 {
+            // Entries a deferred drop removes are still in the table.
+            for entry in self.table_history(..=(self.deferred_drop, u32::MAX))? {
+                entry?;
+                in_table = in_table.saturating_sub(1);
+            }
+        }
+        Ok(in_table + self.deferred_put_count())
+    }
+
+    /// This transaction's history entries not yet in the table (they all carry its revision).
+    fn deferred_put_count(&self) -> u64 {
+        if self.deferred_revision > self.deferred_drop {
+            self.deferred_puts
+        } else {
+            0
+        }
+    }
+
+    /// The history's (revision, commit time) entries in the table within `range`.
+    fn table_history(
+        &self,
+        range: impl std::ops::RangeBounds<(u64, u32)>,
+    ) -> Result<impl Iterator<Item = Result<(u64, u64), StateError>> + '_, StateError> {
+        let path = self.path;
+        let iter = self
             .t
             .changes
-            .first()
-            .map_err(|e| op_error(self.path, "read the changes of", e))?;
-        Ok(first.and_then(|(_, v)| {
-            v.value()
+            .range(range)
+            .map_err(|e| op_error(path, "read the changes of", e))?;
+        Ok(iter.map(move |entry| {
+            let (key, value) = entry.map_err(|e| op_error(path, "read the changes of", e))?;
+            let at = value
+                .value()
                 .get(1..9)
                 .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                .map(u64::from_le_bytes)
+                .map_or(0, u64::from_le_bytes);
+            Ok((key.value().0, at))
         }))
     }
 
-    /// Drops every change of the oldest revision held; returns whether there was one.
-    fn drop_oldest_revision(&mut self) -> Result<bool, StateError> {
-        let first = self
-            .t
-            .changes
-            .first()
-            .map_err(|e| op_error(self.path, "read the changes of", e))?
-            .map(|(k, _)| k.value().0);
-        let Some(revision) = first else {
-            return Ok(false);
-        };
-        self.compact_through(revision)?;
-        Ok(true)
+    /// The revisions the history holds, oldest first, with their change counts: the table's
+    /// (less a deferred drop), then this transaction's own.
+    fn history_revisions(
+        &self,
+    ) -> Result<impl Iterator<Item = Result<HeldRevision, StateError>> + '_, StateError> {
+        let from = (self.deferred_drop.saturating_add(1), 0);
+        let entries = self.table_history(from..)?.chain(
+            (0..self.deferred_put_count()).map(|_| Ok((self.deferred_revision, self.now_ms))),
+        );
+        Ok(group_revisions(entries))
     }
 
     /// Drops every change with a revision ≤ `through` (clamped to the counter); returns the
@@ -174,6 +272,7 @@ impl<'t> Writer<'t> {
     pub(super) fn compact_through(&mut self, through: u64) -> Result<u64, StateError> {
         let through = through.min(self.last_version);
         self.t.drop_changes_through(through)?;
+        self.deferred_drop = self.deferred_drop.max(through);
         let before = self.t.counter(COMPACTED_THROUGH)?;
         let now = before.max(through);
         if now != before {
@@ -306,8 +405,18 @@ impl<'t> Writer<'t> {
 
     /// Writes one key without checks; returns the new version.
     fn write(&mut self, req: &SetRequest) -> Result<u64, StateError> {
+        let read = self.stored_with_value(&req.key)?;
+        self.write_over(req, read)
+    }
+
+    /// Writes one key without checks over `read`, what the key holds; returns the new version.
+    fn write_over(
+        &mut self,
+        req: &SetRequest,
+        read: Option<(Stored, Bytes)>,
+    ) -> Result<u64, StateError> {
         let key = req.key.as_str();
-        let (old, old_value) = match self.stored_with_value(key)? {
+        let (old, old_value) = match read {
             Some((stored, value)) => (Some(stored), Some(value)),
             None => (None, None),
         };
@@ -341,7 +450,13 @@ impl<'t> Writer<'t> {
     /// Deletes one key without checks; returns whether a live item was removed (an expired one
     /// is removed too, but does not count).
     fn erase(&mut self, key: &str) -> Result<bool, StateError> {
-        let Some((stored, prev)) = self.stored_with_value(key)? else {
+        let read = self.stored_with_value(key)?;
+        self.erase_over(key, read)
+    }
+
+    /// Deletes one key without checks over `read`, what the key holds (see [`Writer::erase`]).
+    fn erase_over(&mut self, key: &str, read: Option<(Stored, Bytes)>) -> Result<bool, StateError> {
+        let Some((stored, prev)) = read else {
             return Ok(false);
         };
         self.remove(key, &stored)?;
@@ -354,19 +469,19 @@ impl<'t> Writer<'t> {
 
     /// Writes one key if its checks pass against the live state; returns the new version.
     pub(super) fn set(&mut self, req: &SetRequest) -> Checked<u64> {
-        if let Err(rejected) = self.check_set(req)? {
-            return Ok(Err(rejected));
+        match self.check_set_read(req)? {
+            Ok(read) => Ok(Ok(self.write_over(req, read.0)?)),
+            Err(rejected) => Ok(Err(rejected)),
         }
-        Ok(Ok(self.write(req)?))
     }
 
     /// Deletes one key if its ETag check passes against the live state; the inner `Ok` says
     /// whether a live item was removed.
     pub(super) fn delete(&mut self, req: &DeleteRequest) -> Checked<bool> {
-        if let Err(rejected) = self.check_delete(req)? {
-            return Ok(Err(rejected));
+        match self.check_delete_read(req)? {
+            Ok(read) => Ok(Ok(self.erase_over(&req.key, read.0)?)),
+            Err(rejected) => Ok(Err(rejected)),
         }
-        Ok(Ok(self.erase(&req.key)?))
     }
 
     /// Applies one operation of a transaction without checks (see [`Writer::check`]).
@@ -374,6 +489,55 @@ impl<'t> Writer<'t> {
         match op {
             TxOperation::Upsert(req) => self.write(req).map(drop),
             TxOperation::Delete(req) => self.erase(&req.key).map(drop),
+        }
+    }
+
+    /// Checks one operation against the live state like [`Writer::check`], keeping what it
+    /// read for [`Writer::apply_read`]: one read of the key for both. The read stays good only
+    /// while no other operation writes the key.
+    pub(super) fn check_and_read(&self, op: &TxOperation) -> Checked<Read> {
+        match op {
+            TxOperation::Upsert(req) => self.check_set_read(req),
+            TxOperation::Delete(req) => self.check_delete_read(req),
+        }
+    }
+
+    /// [`Writer::check_set`], keeping what it read.
+    fn check_set_read(&self, req: &SetRequest) -> Checked<Read> {
+        self.read_and_check(&req.key, |live| {
+            etag::check_write(&req.key, req.etag.as_deref(), req.concurrency, live)
+        })
+    }
+
+    /// [`Writer::check_delete`], keeping what it read.
+    fn check_delete_read(&self, req: &DeleteRequest) -> Checked<Read> {
+        self.read_and_check(&req.key, |live| {
+            if req.etag.as_deref().is_none_or(str::is_empty) {
+                return Ok(());
+            }
+            etag::check_write(&req.key, req.etag.as_deref(), Concurrency::LastWrite, live)
+        })
+    }
+
+    /// Reads `key` and passes its live version to `verdict`; the read if it passes.
+    fn read_and_check(
+        &self,
+        key: &str,
+        verdict: impl FnOnce(Option<u64>) -> Result<(), StateError>,
+    ) -> Checked<Read> {
+        if let Err(rejected) = etag::check_key(key) {
+            return Ok(Err(rejected));
+        }
+        let read = self.stored_with_value(key)?;
+        let live = Self::live_version(read.as_ref().map(|(stored, _)| stored));
+        Ok(verdict(live).map(|()| Read(read)))
+    }
+
+    /// Applies one operation without checks over what [`Writer::check_and_read`] read.
+    pub(super) fn apply_read(&mut self, op: &TxOperation, read: Read) -> Result<(), StateError> {
+        match op {
+            TxOperation::Upsert(req) => self.write_over(req, read.0).map(drop),
+            TxOperation::Delete(req) => self.erase_over(&req.key, read.0).map(drop),
         }
     }
 
