@@ -707,7 +707,7 @@ fn write<T>(
         // The log's records so far become redundant once this commit is durable in the file.
         let began = std::time::Instant::now();
         let covered = match feed.wal.rotate().and_then(|covered| {
-            apply_history(held, &feed.db, path, &redo)?;
+            apply_deferred(held, &feed.db, path, &redo)?;
             Ok(covered)
         }) {
             Ok(covered) => covered,
@@ -743,8 +743,8 @@ fn write<T>(
     // open transaction, and readers see it from the next flush on.
     let shown = feed.overlay.apply(&redo, path);
     publish(feed, revision);
-    // While the log's sync is under way: the commit's history writes.
-    let applied = apply_history(held, &feed.db, path, &redo);
+    // While the log's sync is under way: the commit's item and history writes.
+    let applied = apply_deferred(held, &feed.db, path, &redo);
     held.hold(redo);
     if applied.is_err() {
         // The transaction holds part of this commit: rebuilt from the held records, this one's
@@ -756,16 +756,16 @@ fn write<T>(
     Ok((answer, Some(lsn)))
 }
 
-/// Applies the history writes of a commit's `redo` (deferred by its [`Writer`]) to the open
-/// transaction.
-fn apply_history(
+/// Applies the item and history writes of a commit's `redo` (deferred by its [`Writer`]) to the
+/// open transaction.
+fn apply_deferred(
     held: &mut Held,
     db: &Database,
     path: &Path,
     redo: &[u8],
 ) -> Result<(), StateError> {
     let txn = held.txn(db, path)?;
-    Tables::open(txn, path)?.apply_history(redo)
+    Tables::open(txn, path)?.apply_deferred(redo)
 }
 
 /// Runs `f` as one commit ([`write`]), then commits the held writes to the file if they are

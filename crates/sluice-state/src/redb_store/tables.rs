@@ -2,14 +2,19 @@
 //! change to the write transaction and appends it to a redo record, which the write-ahead log
 //! (see [`super::wal`]) makes durable and replays after a crash.
 //!
-//! The history ([`CHANGES`]) is written but never read by a commit except to size it for the
-//! retention, so a commit may leave its history writes out of the transaction until its record is
-//! in the log ([`Tables::defer_history`], then [`Tables::apply_history`]): the B-tree work then
-//! runs while the log's `fdatasync` is under way instead of before it starts.
+//! A commit may leave its item and history writes out of the transaction until its record is in
+//! the log ([`Tables::defer`], then [`Tables::apply_deferred`]): the B-tree work then runs while
+//! the log's `fdatasync` is under way instead of before it starts. Meanwhile the commit reads its
+//! own item writes from a map ([`Tables::item`]); the history is never read by a commit except to
+//! size it for the retention, which counts the deferred entries itself.
 
+use std::collections::HashMap;
+use std::ops::Range;
 use std::path::Path;
 
-use redb::{ReadableTable, ReadableTableMetadata, Table, TableDefinition, WriteTransaction};
+use redb::{
+    AccessGuard, ReadableTable, ReadableTableMetadata, Table, TableDefinition, WriteTransaction,
+};
 
 use super::errors::{backend_error, op_error};
 use crate::error::StateError;
@@ -46,14 +51,34 @@ const DROP_CHANGES_THROUGH: u8 = 7;
 /// The tables of one write transaction; every change goes through its methods so that the redo
 /// record holds exactly what the transaction did.
 pub(super) struct Tables<'t> {
-    pub(super) items: Table<'t, &'static str, &'static [u8]>,
+    pub(super) items: ItemsTable<'t>,
     pub(super) deadlines: Table<'t, (u64, &'static str), ()>,
     pub(super) meta: Table<'t, &'static str, u64>,
     pub(super) changes: ChangesTable<'t>,
     path: &'t Path,
     redo: Vec<u8>,
-    /// History writes go to the redo record only, for [`Tables::apply_history`].
-    defer_history: bool,
+    /// Item and history writes go to the redo record only, for [`Tables::apply_deferred`].
+    deferred: bool,
+    /// Item writes are no longer deferred (see [`Tables::apply_items_now`]).
+    deferred_items_off: bool,
+    /// The deferred item writes, by key: the record's place in `redo`, `None` for a delete.
+    pending_items: HashMap<String, Option<Range<usize>>>,
+}
+
+/// An item's record as a commit sees it: written by the commit itself, or in the table.
+pub(super) enum ItemRecord<'a> {
+    Pending(&'a [u8]),
+    Stored(AccessGuard<'a, &'static [u8]>),
+}
+
+impl ItemRecord<'_> {
+    /// The record's bytes.
+    pub(super) fn bytes(&self) -> &[u8] {
+        match self {
+            ItemRecord::Pending(bytes) => bytes,
+            ItemRecord::Stored(guard) => guard.value(),
+        }
+    }
 }
 
 impl<'t> Tables<'t> {
@@ -74,23 +99,27 @@ impl<'t> Tables<'t> {
                 .map_err(|e| op_error(path, "open the changes table of", e))?,
             path,
             redo: Vec::new(),
-            defer_history: false,
+            deferred: false,
+            deferred_items_off: false,
+            pending_items: HashMap::new(),
         })
     }
 
-    /// From now on, history writes ([`Tables::put_change`], [`Tables::drop_changes_through`])
-    /// go to the redo record only; the caller applies them with [`Tables::apply_history`] before
-    /// the transaction is committed or read for history.
-    pub(super) fn defer_history(&mut self) {
-        self.defer_history = true;
+    /// From now on, item and history writes go to the redo record only; the caller applies them
+    /// with [`Tables::apply_deferred`] before the transaction is committed or read by anyone
+    /// else. Deadlines and counters are still written at once.
+    pub(super) fn defer(&mut self) {
+        self.deferred = true;
     }
 
-    /// Applies the history writes of `redo` (made with [`Tables::defer_history`]) to the
+    /// Applies the item and history writes of `redo` (made with [`Tables::defer`]) to the
     /// transaction, in order; the redo record itself is left as it is.
-    pub(super) fn apply_history(&mut self, redo: &[u8]) -> Result<(), StateError> {
+    pub(super) fn apply_deferred(&mut self, redo: &[u8]) -> Result<(), StateError> {
         let path = self.path;
-        let changes = &mut self.changes;
+        let (items, changes) = (&mut self.items, &mut self.changes);
         for_each_op(redo, path, |op| match op {
+            RedoOp::PutItem { key, record } => insert_item(items, path, key, record),
+            RedoOp::DelItem { key } => remove_item(items, path, key),
             RedoOp::PutChange {
                 revision,
                 seq,
@@ -99,8 +128,49 @@ impl<'t> Tables<'t> {
             RedoOp::DropChangesThrough { through } => {
                 remove_changes_through(changes, path, through)
             }
-            _ => Ok(()),
+            RedoOp::PutDeadline { .. } | RedoOp::DelDeadline { .. } | RedoOp::SetMeta { .. } => {
+                Ok(())
+            }
         })
+    }
+
+    /// Writes the deferred item writes so far to the table at once, and every later one too: for
+    /// a scan of the items table.
+    pub(super) fn apply_items_now(&mut self) -> Result<(), StateError> {
+        if !self.deferred {
+            return Ok(());
+        }
+        for (key, record) in std::mem::take(&mut self.pending_items) {
+            match record {
+                Some(at) => {
+                    let record = self.redo.get(at).ok_or_else(|| lost_write(self.path))?;
+                    insert_item(&mut self.items, self.path, &key, record)?;
+                }
+                None => remove_item(&mut self.items, self.path, &key)?,
+            }
+        }
+        // The item writes of the redo record applied again later land on the same state.
+        self.deferred_items_off = true;
+        Ok(())
+    }
+
+    /// The record at `key`: this commit's own write if it made one, else the table's.
+    pub(super) fn item(&self, key: &str) -> Result<Option<ItemRecord<'_>>, StateError> {
+        if let Some(pending) = self.pending_items.get(key) {
+            return match pending {
+                Some(at) => self
+                    .redo
+                    .get(at.clone())
+                    .map(|record| Some(ItemRecord::Pending(record)))
+                    .ok_or_else(|| lost_write(self.path)),
+                None => Ok(None),
+            };
+        }
+        Ok(self
+            .items
+            .get(key)
+            .map_err(|e| op_error(self.path, "read from", e))?
+            .map(ItemRecord::Stored))
     }
 
     /// How many history entries the transaction's table holds (without deferred writes).
@@ -125,22 +195,33 @@ impl<'t> Tables<'t> {
     }
 
     pub(super) fn put_item(&mut self, key: &str, record: &[u8]) -> Result<(), StateError> {
-        self.items
-            .insert(key, record)
-            .map_err(|e| op_error(self.path, "write to", e))?;
+        if !self.defers_items() {
+            insert_item(&mut self.items, self.path, key, record)?;
+        }
         self.redo.push(PUT_ITEM);
         self.log_bytes(key.as_bytes())?;
         self.log_bytes(record)?;
+        if self.defers_items() {
+            let at = self.redo.len() - record.len()..self.redo.len();
+            self.pending_items.insert(key.to_string(), Some(at));
+        }
         Ok(())
     }
 
     pub(super) fn del_item(&mut self, key: &str) -> Result<(), StateError> {
-        self.items
-            .remove(key)
-            .map_err(|e| op_error(self.path, "delete from", e))?;
+        if self.defers_items() {
+            self.pending_items.insert(key.to_string(), None);
+        } else {
+            remove_item(&mut self.items, self.path, key)?;
+        }
         self.redo.push(DEL_ITEM);
         self.log_bytes(key.as_bytes())?;
         Ok(())
+    }
+
+    /// Whether item writes are deferred (see [`Tables::apply_items_now`]).
+    fn defers_items(&self) -> bool {
+        self.deferred && !self.deferred_items_off
     }
 
     pub(super) fn put_deadline(&mut self, at: u64, key: &str) -> Result<(), StateError> {
@@ -179,7 +260,7 @@ impl<'t> Tables<'t> {
         seq: u32,
         change: &[u8],
     ) -> Result<(), StateError> {
-        if !self.defer_history {
+        if !self.deferred {
             insert_change(&mut self.changes, self.path, revision, seq, change)?;
         }
         self.redo.push(PUT_CHANGE);
@@ -191,7 +272,7 @@ impl<'t> Tables<'t> {
 
     /// Drops every change with a revision ≤ `through`.
     pub(super) fn drop_changes_through(&mut self, through: u64) -> Result<(), StateError> {
-        if !self.defer_history {
+        if !self.deferred {
             remove_changes_through(&mut self.changes, self.path, through)?;
         }
         self.redo.push(DROP_CHANGES_THROUGH);
@@ -233,6 +314,37 @@ impl<'t> Tables<'t> {
 }
 
 type ChangesTable<'t> = Table<'t, (u64, u32), &'static [u8]>;
+
+/// A deferred item write whose record is not where it was noted (a bug, never input).
+fn lost_write(path: &Path) -> StateError {
+    backend_error(format!(
+        "a pending item write to {} lost its record",
+        path.display()
+    ))
+}
+
+type ItemsTable<'t> = Table<'t, &'static str, &'static [u8]>;
+
+/// Writes one item's record.
+fn insert_item(
+    items: &mut ItemsTable<'_>,
+    path: &Path,
+    key: &str,
+    record: &[u8],
+) -> Result<(), StateError> {
+    items
+        .insert(key, record)
+        .map(drop)
+        .map_err(|e| op_error(path, "write to", e))
+}
+
+/// Removes one item.
+fn remove_item(items: &mut ItemsTable<'_>, path: &Path, key: &str) -> Result<(), StateError> {
+    items
+        .remove(key)
+        .map(drop)
+        .map_err(|e| op_error(path, "delete from", e))
+}
 
 /// Writes one history entry.
 fn insert_change(

@@ -38,7 +38,7 @@ pub(super) struct Writer<'t> {
     version_moved: bool,
     changed: bool,
     /// History entries written at `deferred_revision` that are not in the table yet (see
-    /// [`Tables::defer_history`]).
+    /// [`Tables::defer`]).
     deferred_puts: u64,
     deferred_revision: u64,
     /// The highest revision this transaction dropped from the history (0: none), still in the
@@ -98,7 +98,7 @@ impl<'t> Writer<'t> {
         retention: Retention,
     ) -> Result<Self, StateError> {
         let mut t = Tables::open(txn, path)?;
-        t.defer_history();
+        t.defer();
         let last_version = t.counter(LAST_VERSION)?;
         let now = SystemTime::now();
         Ok(Writer {
@@ -295,14 +295,10 @@ impl<'t> Writer<'t> {
 
     /// What is stored at `key` and its value, expired or not (one read).
     fn stored_with_value(&self, key: &str) -> Result<Option<(Stored, Bytes)>, StateError> {
-        let guard = self
-            .t
-            .items
-            .get(key)
-            .map_err(|e| op_error(self.path, "read from", e))?;
-        guard
+        self.t
+            .item(key)?
             .map(|g| {
-                record::decode(g.value())
+                record::decode(g.bytes())
                     .map(|r| {
                         let stored = Stored {
                             version: r.version,
@@ -318,14 +314,10 @@ impl<'t> Writer<'t> {
 
     /// What is stored at `key`, expired or not.
     fn stored(&self, key: &str) -> Result<Option<Stored>, StateError> {
-        let guard = self
-            .t
-            .items
-            .get(key)
-            .map_err(|e| op_error(self.path, "read from", e))?;
-        guard
+        self.t
+            .item(key)?
             .map(|g| {
-                record::decode(g.value())
+                record::decode(g.bytes())
                     .map(|r| Stored {
                         version: r.version,
                         expires_ms: r.expires_ms,
@@ -544,6 +536,8 @@ impl<'t> Writer<'t> {
     /// Deletes every key under `prefix` by the delete-with-prefix rule; returns how many live
     /// items went (expired ones go too, uncounted).
     pub(super) fn delete_prefix(&mut self, prefix: &str) -> Result<u64, StateError> {
+        // The scan reads the table: it must hold this commit's own writes.
+        self.t.apply_items_now()?;
         let doomed: Vec<String> = {
             let mut doomed = Vec::new();
             let range = self
