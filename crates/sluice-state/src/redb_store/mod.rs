@@ -786,8 +786,19 @@ fn write_then_flush<T>(
 /// empties the overlay. A failure is only logged: the transaction is rebuilt and tried again
 /// with the next flush.
 fn flush(feed: &RedbFeed, held: &mut Held) {
+    let (commits, bytes) = held.size();
+    let began = std::time::Instant::now();
     match held.commit(&feed.db, &feed.path, Durability::None) {
-        Ok(()) => feed.overlay.clear(),
+        Ok(()) => {
+            feed.overlay.clear();
+            tracing::debug!(
+                store = %feed.path.display(),
+                commits,
+                bytes,
+                micros = began.elapsed().as_micros() as u64,
+                "held commits written to the file"
+            );
+        }
         Err(e) => {
             tracing::warn!(store = %feed.path.display(), error = %e, "cannot commit held writes to the file; keeping them in memory");
         }

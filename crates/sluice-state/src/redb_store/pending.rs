@@ -79,6 +79,11 @@ impl Held {
         self.redos.len() >= self.limit || self.bytes >= FLUSH_BYTES
     }
 
+    /// The commits held and the bytes of their redo records.
+    pub(super) fn size(&self) -> (usize, usize) {
+        (self.redos.len(), self.bytes)
+    }
+
     /// Whether a transaction is open.
     pub(super) fn is_open(&self) -> bool {
         self.txn.is_some()
