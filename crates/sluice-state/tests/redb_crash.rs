@@ -9,6 +9,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use sluice_state::watch::{ChangesAfter, Op};
 use sluice_state::{DeleteRequest, RedbOptions, RedbStore, SetRequest, Store, TxOperation};
 
 /// Set in the environment of the writing child process.
@@ -186,6 +187,7 @@ fn acknowledged_writes_survive_a_sigkill() {
                 }
             }
         }
+        check_history(&store, &expected).await;
         let next = store
             .set(SetRequest::new("after/the-kill", Bytes::from_static(b"x")))
             .await
@@ -195,6 +197,40 @@ fn acknowledged_writes_survive_a_sigkill() {
             "a version was handed out twice: {next} after {highest}"
         );
     });
+}
+
+/// The replayed history agrees with the items: revisions only grow, and each acknowledged key's
+/// latest change is its acknowledged write or delete.
+async fn check_history(store: &RedbStore, expected: &HashMap<String, Expect>) {
+    let feed = store.change_feed().expect("redb has a change feed");
+    let mut latest: HashMap<String, (Op, Option<Bytes>)> = HashMap::new();
+    let (mut after, mut last_revision) = (0, 0);
+    loop {
+        let page = match feed.changes_after(after, 1000).await.expect("read history") {
+            ChangesAfter::Changes(page) => page,
+            ChangesAfter::Compacted { oldest } => {
+                panic!("history compacted through {oldest}: the retention should keep it all")
+            }
+        };
+        if page.changes.is_empty() {
+            break;
+        }
+        for change in page.changes {
+            assert!(change.revision >= last_revision, "history out of order");
+            last_revision = change.revision;
+            latest.insert(change.key, (change.op, change.value));
+        }
+        after = page.last_revision;
+    }
+    for (k, want) in expected {
+        match (want, latest.get(k)) {
+            (Expect::Gone, Some((Op::Delete, None))) => {}
+            (Expect::Value { i, .. }, Some((Op::Put, Some(v)))) => {
+                assert!(*v == value(*i), "the history's last value of {k}")
+            }
+            (want, got) => panic!("{k}: acknowledged {want:?}, history's last change {got:?}"),
+        }
+    }
 }
 
 fn parse_key(k: &str) -> (usize, usize) {
