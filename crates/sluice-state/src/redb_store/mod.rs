@@ -746,13 +746,13 @@ fn write<T>(
     // While the log's sync is under way: the commit's item and history writes.
     let applied = apply_deferred(held, &feed.db, path, &redo);
     held.hold(redo);
-    if applied.is_err() {
-        // The transaction holds part of this commit: rebuilt from the held records, this one's
-        // included (it is in the log).
+    if let Err(e) = applied {
+        // The commit stands (it is in the log and shown to readers); the transaction, which
+        // holds part of it, is rebuilt from the held records, this one's included.
+        tracing::warn!(store = %path.display(), error = %e, "cannot apply a commit to the held write transaction; rebuilding it");
         held.restore(&feed.db, path);
     }
     shown?;
-    applied?;
     Ok((answer, Some(lsn)))
 }
 
