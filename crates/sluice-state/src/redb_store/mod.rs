@@ -807,7 +807,10 @@ fn flush(feed: &RedbFeed, held: &mut Held) {
 
 /// Whether no two of `ops` share a key.
 fn distinct_keys(ops: &[TxOperation]) -> bool {
-    let mut seen = std::collections::HashSet::with_capacity(ops.len());
+    let mut seen = std::collections::HashSet::with_capacity_and_hasher(
+        ops.len(),
+        foldhash::fast::RandomState::default(),
+    );
     ops.iter().all(|op| seen.insert(op.key()))
 }
 

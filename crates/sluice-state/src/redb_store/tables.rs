@@ -62,7 +62,7 @@ pub(super) struct Tables<'t> {
     /// Item writes are no longer deferred (see [`Tables::apply_items_now`]).
     deferred_items_off: bool,
     /// The deferred item writes, by key: the record's place in `redo`, `None` for a delete.
-    pending_items: HashMap<String, Option<Range<usize>>>,
+    pending_items: HashMap<String, Option<Range<usize>>, foldhash::fast::RandomState>,
 }
 
 /// An item's record as a commit sees it: written by the commit itself, or in the table.
@@ -101,7 +101,7 @@ impl<'t> Tables<'t> {
             redo: Vec::new(),
             deferred: false,
             deferred_items_off: false,
-            pending_items: HashMap::new(),
+            pending_items: HashMap::default(),
         })
     }
 
