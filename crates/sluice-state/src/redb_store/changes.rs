@@ -23,15 +23,26 @@ use crate::watch::{normalize_prefixes, Change, ChangePage, ChangesAfter, KeyValu
 /// Marks an absent field.
 const ABSENT: u32 = u32::MAX;
 
-/// Encodes one change recorded at `at_ms`.
+/// The record [`encode_into`] appends, in a buffer of its own.
+#[cfg(test)]
 pub(super) fn encode(change: &Change, at_ms: u64) -> Vec<u8> {
-    let size = 1
-        + 8
+    let mut out = Vec::with_capacity(encoded_len(change));
+    encode_into(change, at_ms, &mut out);
+    out
+}
+
+/// The length of the record of `change`.
+fn encoded_len(change: &Change) -> usize {
+    1 + 8
         + 12
         + change.key.len()
         + change.value.as_ref().map_or(0, Bytes::len)
-        + change.prev_value.as_ref().map_or(0, Bytes::len);
-    let mut out = Vec::with_capacity(size);
+        + change.prev_value.as_ref().map_or(0, Bytes::len)
+}
+
+/// Appends the record of one change recorded at `at_ms` to `out`.
+pub(super) fn encode_into(change: &Change, at_ms: u64, out: &mut Vec<u8>) {
+    out.reserve(encoded_len(change));
     out.push(match change.op {
         Op::Put => 0,
         Op::Delete => 1,
@@ -49,7 +60,6 @@ pub(super) fn encode(change: &Change, at_ms: u64) -> Vec<u8> {
     field(Some(change.key.as_bytes()));
     field(change.value.as_deref());
     field(change.prev_value.as_deref());
-    out
 }
 
 /// Why a change record does not decode.

@@ -43,14 +43,22 @@ impl Record<'_> {
     }
 }
 
-/// Encodes `value` at `version`, with a deadline if the item has a TTL.
+/// The record [`encode_into`] appends, in a buffer of its own.
+#[cfg(test)]
 pub(super) fn encode(version: u64, expires_ms: Option<u64>, value: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_into(version, expires_ms, value, &mut out);
+    out
+}
+
+/// Appends the record of `value` at `version`, with a deadline if the item has a TTL, to `out`.
+pub(super) fn encode_into(version: u64, expires_ms: Option<u64>, value: &[u8], out: &mut Vec<u8>) {
     let header = if expires_ms.is_some() {
         V2_HEADER
     } else {
         V1_HEADER
     };
-    let mut out = Vec::with_capacity(header + value.len());
+    out.reserve(header + value.len());
     match expires_ms {
         None => {
             out.push(V1);
@@ -63,7 +71,6 @@ pub(super) fn encode(version: u64, expires_ms: Option<u64>, value: &[u8]) -> Vec
         }
     }
     out.extend_from_slice(value);
-    out
 }
 
 /// Decodes a record.

@@ -195,15 +195,23 @@ impl<'t> Tables<'t> {
     }
 
     pub(super) fn put_item(&mut self, key: &str, record: &[u8]) -> Result<(), StateError> {
-        if !self.defers_items() {
-            insert_item(&mut self.items, self.path, key, record)?;
-        }
+        self.put_item_with(key, |out| out.extend_from_slice(record))
+    }
+
+    /// Writes the record `encode` appends to its buffer at `key` (encoded straight into the redo
+    /// record).
+    pub(super) fn put_item_with(
+        &mut self,
+        key: &str,
+        encode: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<(), StateError> {
         self.redo.push(PUT_ITEM);
         self.log_bytes(key.as_bytes())?;
-        self.log_bytes(record)?;
+        let at = self.log_with(encode)?;
         if self.defers_items() {
-            let at = self.redo.len() - record.len()..self.redo.len();
             self.pending_items.insert(key.to_string(), Some(at));
+        } else {
+            insert_item(&mut self.items, self.path, key, &self.redo[at])?;
         }
         Ok(())
     }
@@ -260,13 +268,24 @@ impl<'t> Tables<'t> {
         seq: u32,
         change: &[u8],
     ) -> Result<(), StateError> {
-        if !self.deferred {
-            insert_change(&mut self.changes, self.path, revision, seq, change)?;
-        }
+        self.put_change_with(revision, seq, |out| out.extend_from_slice(change))
+    }
+
+    /// Writes the history entry `encode` appends to its buffer (encoded straight into the redo
+    /// record).
+    pub(super) fn put_change_with(
+        &mut self,
+        revision: u64,
+        seq: u32,
+        encode: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<(), StateError> {
         self.redo.push(PUT_CHANGE);
         self.redo.extend_from_slice(&revision.to_le_bytes());
         self.redo.extend_from_slice(&seq.to_le_bytes());
-        self.log_bytes(change)?;
+        let at = self.log_with(encode)?;
+        if !self.deferred {
+            insert_change(&mut self.changes, self.path, revision, seq, &self.redo[at])?;
+        }
         Ok(())
     }
 
@@ -278,6 +297,25 @@ impl<'t> Tables<'t> {
         self.redo.push(DROP_CHANGES_THROUGH);
         self.redo.extend_from_slice(&through.to_le_bytes());
         Ok(())
+    }
+
+    /// Appends what `encode` writes to the redo record, with its length first; returns where it
+    /// is in the redo record.
+    fn log_with(&mut self, encode: impl FnOnce(&mut Vec<u8>)) -> Result<Range<usize>, StateError> {
+        let len_at = self.redo.len();
+        self.redo.extend_from_slice(&[0; 4]);
+        let start = self.redo.len();
+        encode(&mut self.redo);
+        let written = self.redo.len() - start;
+        let len = u32::try_from(written).map_err(|_| {
+            self.redo.truncate(len_at);
+            backend_error(format!(
+                "cannot write {written} bytes to {}: a key or value must be under 4 GiB",
+                self.path.display()
+            ))
+        })?;
+        self.redo[len_at..start].copy_from_slice(&len.to_le_bytes());
+        Ok(start..self.redo.len())
     }
 
     /// Appends `bytes` with its length to the redo record.

@@ -155,8 +155,9 @@ impl<'t> Writer<'t> {
                     self.path.display()
                 ))
             })?;
-            self.t
-                .put_change(revision, seq, &changes::encode(change, self.now_ms))?;
+            self.t.put_change_with(revision, seq, |out| {
+                changes::encode_into(change, self.now_ms, out);
+            })?;
             self.deferred_puts += 1;
         }
         self.deferred_revision = revision;
@@ -415,8 +416,9 @@ impl<'t> Writer<'t> {
         let old_deadline = old.as_ref().and_then(|s| s.expires_ms);
         let version = self.next_version()?;
         let expires_ms = req.ttl.map(|t| ttl::expiry_millis(self.now, t));
-        self.t
-            .put_item(key, &record::encode(version, expires_ms, &req.value))?;
+        self.t.put_item_with(key, |out| {
+            record::encode_into(version, expires_ms, &req.value, out);
+        })?;
         if old_deadline != expires_ms {
             if let Some(at) = old_deadline {
                 self.t.del_deadline(at, key)?;
