@@ -684,9 +684,11 @@ fn write<T>(
 ) -> Result<(T, Option<u64>), StateError> {
     let path = feed.path.as_path();
     let lsn = feed.last_lsn.load(Ordering::Acquire) + 1;
-    let outcome = held.txn(&feed.db, path).and_then(|txn| {
-        let mut w = Writer::open(txn, path, feed.retention)?;
-        let answer = f(&mut w)?;
+    // Opening changes nothing in the transaction: a failure needs no rebuild.
+    let mut w = held
+        .txn(&feed.db, path)
+        .and_then(|txn| Writer::open(txn, path, feed.retention))?;
+    let outcome = f(&mut w).and_then(|answer| {
         let (changed, revision) = w.finish()?;
         let redo = if changed { Some(w.seal(lsn)?) } else { None };
         Ok((answer, redo, revision))
@@ -694,9 +696,8 @@ fn write<T>(
     let (answer, redo, revision) = match outcome {
         Ok(done) => done,
         Err(failed) => {
-            if held.is_open() {
-                held.restore(&feed.db, path);
-            }
+            drop(w);
+            held.restore(&feed.db, path);
             return Err(failed);
         }
     };
@@ -706,10 +707,12 @@ fn write<T>(
     if let Some((log_bytes, log_records)) = feed.checkpoint_due() {
         // The log's records so far become redundant once this commit is durable in the file.
         let began = std::time::Instant::now();
-        let covered = match feed.wal.rotate().and_then(|covered| {
-            apply_deferred(held, &feed.db, path, &redo)?;
+        let rotated = feed.wal.rotate().and_then(|covered| {
+            w.apply_deferred(&redo)?;
             Ok(covered)
-        }) {
+        });
+        drop(w);
+        let covered = match rotated {
             Ok(covered) => covered,
             Err(failed) => {
                 held.restore(&feed.db, path);
@@ -735,6 +738,7 @@ fn write<T>(
         return Ok((answer, None));
     }
     if let Err(failed) = feed.wal.append(lsn, &redo) {
+        drop(w);
         held.restore(&feed.db, path);
         return Err(failed);
     }
@@ -744,7 +748,8 @@ fn write<T>(
     let shown = feed.overlay.apply(&redo, path);
     publish(feed, revision);
     // While the log's sync is under way: the commit's item and history writes.
-    let applied = apply_deferred(held, &feed.db, path, &redo);
+    let applied = w.apply_deferred(&redo);
+    drop(w);
     held.hold(redo);
     if let Err(e) = applied {
         // The commit stands (it is in the log and shown to readers); the transaction, which
@@ -754,18 +759,6 @@ fn write<T>(
     }
     shown?;
     Ok((answer, Some(lsn)))
-}
-
-/// Applies the item and history writes of a commit's `redo` (deferred by its [`Writer`]) to the
-/// open transaction.
-fn apply_deferred(
-    held: &mut Held,
-    db: &Database,
-    path: &Path,
-    redo: &[u8],
-) -> Result<(), StateError> {
-    let txn = held.txn(db, path)?;
-    Tables::open(txn, path)?.apply_deferred(redo)
 }
 
 /// Runs `f` as one commit ([`write`]), then commits the held writes to the file if they are

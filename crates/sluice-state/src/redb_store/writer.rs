@@ -139,6 +139,12 @@ impl<'t> Writer<'t> {
         Ok(self.t.take_redo())
     }
 
+    /// Applies the item and history writes this commit deferred (see [`Tables::defer`]), once
+    /// `redo`, its sealed redo record, is in the log.
+    pub(super) fn apply_deferred(&mut self, redo: &[u8]) -> Result<(), StateError> {
+        self.t.apply_deferred(redo)
+    }
+
     /// Writes the pending changes to the history at the current counter; returns it.
     fn record_pending(&mut self) -> Result<Option<u64>, StateError> {
         if self.pending.is_empty() {
