@@ -240,13 +240,13 @@ impl Wal {
         let shared = &self.shared;
         shared.check_failed()?;
         let mut scratch = shared.scratch.lock();
-        encode_record(&mut scratch, lsn, redo).map_err(|payload_len| {
+        let record_len = encode_record(&mut scratch, lsn, redo).map_err(|payload_len| {
             backend_error(format!(
                 "a commit of {payload_len} bytes is too large for the write-ahead log of {} (4 GiB at most)",
                 shared.base.display()
             ))
         })?;
-        let record = scratch.as_slice();
+        let record = &scratch[..record_len];
         let mut appender = shared.appender.lock();
         if appender.len > SEGMENT_HEADER as u64
             && appender.len + record.len() as u64 > SEGMENT_BYTES
@@ -271,7 +271,7 @@ impl Wal {
         appender.appended = lsn;
         shared.appended_cond.notify_one();
         drop(appender);
-        if scratch.capacity() > SCRATCH_KEEP {
+        if scratch.len() > SCRATCH_KEEP {
             *scratch = Vec::new();
         }
         Ok(written)
@@ -600,42 +600,51 @@ fn sync_dir(base: &Path) -> Result<(), StateError> {
         .map_err(|e| io_error(dir, "sync the directory of", e))
 }
 
-/// Encodes record `lsn` of `redo` into `out` (replacing what it held): header, sequence number,
-/// codec and body, LZ4-compressed (with the length first) when that makes it smaller. Fails
-/// with the payload's length when it does not fit the `u32` length field.
-fn encode_record(out: &mut Vec<u8>, lsn: u64, redo: &[u8]) -> Result<(), usize> {
-    out.clear();
-    out.extend_from_slice(&[0u8; HEADER]);
-    out.extend_from_slice(&lsn.to_le_bytes());
-    let codec_at = out.len();
-    out.push(RAW);
-    let body_at = out.len();
-    let mut codec = RAW;
-    if let (true, Ok(size)) = (redo.len() >= COMPRESS_FROM, u32::try_from(redo.len())) {
-        out.extend_from_slice(&size.to_le_bytes());
-        let block_at = out.len();
-        out.resize(
-            block_at + lz4_flex::block::get_maximum_output_size(redo.len()),
-            0,
-        );
-        match lz4_flex::block::compress_into(redo, &mut out[block_at..]) {
-            Ok(n) if block_at + n - body_at < redo.len() => {
-                out.truncate(block_at + n);
-                codec = LZ4;
+/// Encodes record `lsn` of `redo` at the start of `out`: header, sequence number, codec and
+/// body, LZ4-compressed (with the length first) when that makes it smaller; returns the record's
+/// length. `out` only grows, and its bytes past the record are left as they were, so that a
+/// buffer reused by every append is zero-filled once rather than for each record. Fails with
+/// the payload's length when it does not fit the `u32` length field.
+fn encode_record(out: &mut Vec<u8>, lsn: u64, redo: &[u8]) -> Result<usize, usize> {
+    let body_at = HEADER + 8 + 1;
+    let compress = redo.len() >= COMPRESS_FROM && u32::try_from(redo.len()).is_ok();
+    let room = if compress {
+        4 + lz4_flex::block::get_maximum_output_size(redo.len())
+    } else {
+        0
+    };
+    let needed = body_at + room.max(redo.len());
+    if out.len() < needed {
+        out.resize(needed, 0);
+    }
+    out[HEADER..HEADER + 8].copy_from_slice(&lsn.to_le_bytes());
+    let mut end = None;
+    if compress {
+        let block_at = body_at + 4;
+        if let Ok(n) = lz4_flex::block::compress_into(redo, &mut out[block_at..]) {
+            if block_at + n - body_at < redo.len() {
+                // `compress` checked that the length fits.
+                let size = redo.len() as u32;
+                out[body_at..block_at].copy_from_slice(&size.to_le_bytes());
+                out[body_at - 1] = LZ4;
+                end = Some(block_at + n);
             }
-            _ => out.truncate(body_at),
         }
     }
-    if codec == RAW {
-        out.extend_from_slice(redo);
-    }
-    out[codec_at] = codec;
-    let payload_len = out.len() - HEADER;
+    let end = match end {
+        Some(end) => end,
+        None => {
+            out[body_at - 1] = RAW;
+            out[body_at..body_at + redo.len()].copy_from_slice(redo);
+            body_at + redo.len()
+        }
+    };
+    let payload_len = end - HEADER;
     let len = u32::try_from(payload_len).map_err(|_| payload_len)?;
-    let crc = crc32fast::hash(&out[HEADER..]);
+    let crc = crc32fast::hash(&out[HEADER..end]);
     out[..4].copy_from_slice(&len.to_le_bytes());
     out[4..HEADER].copy_from_slice(&crc.to_le_bytes());
-    Ok(())
+    Ok(end)
 }
 
 /// Decodes the records of `bytes` up to the first incomplete or damaged one; returns them and
@@ -748,10 +757,10 @@ mod tests {
             (3, noise.as_slice()),
             (4, compressible.as_slice()),
         ] {
-            encode_record(&mut buf, lsn, redo).unwrap();
-            let (entry, end) = decode_one(&buf, 0).unwrap();
+            let len = encode_record(&mut buf, lsn, redo).unwrap();
+            let (entry, end) = decode_one(&buf[..len], 0).unwrap();
             assert_eq!((entry.lsn, entry.redo.as_slice()), (lsn, redo));
-            assert_eq!(end, buf.len());
+            assert_eq!(end, len);
             let codec = buf[HEADER + 8];
             match lsn {
                 1 | 4 => assert_eq!(codec, LZ4),
@@ -759,9 +768,9 @@ mod tests {
             }
         }
         // The compressed body is the format logs written before hold: the length, then the block.
-        encode_record(&mut buf, 5, &compressible).unwrap();
+        let len = encode_record(&mut buf, 5, &compressible).unwrap();
         assert_eq!(
-            buf[HEADER + 9..],
+            buf[HEADER + 9..len],
             lz4_flex::block::compress_prepend_size(&compressible)[..]
         );
     }
