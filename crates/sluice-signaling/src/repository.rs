@@ -21,6 +21,12 @@ use decoded::Decoded;
 use group_commit::GroupCommit;
 use group_read::GroupRead;
 
+/// A hash map with a fast seeded hasher, for the maps on the request path (keyed by flow and
+/// store keys; SipHash showed in the profiles).
+type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+/// A hash set with the hasher of [`FastMap`].
+type FastSet<T> = std::collections::HashSet<T, foldhash::fast::RandomState>;
+
 /// Where flows live in a store.
 #[derive(Clone)]
 pub struct FlowRepository {

@@ -9,11 +9,11 @@
 //! Flows in a final state are not kept (they are rarely read again), and the
 //! number of flows kept is bounded.
 
-use std::collections::HashMap;
 use std::sync::Mutex;
 
 use bytes::Bytes;
 
+use super::FastMap;
 use crate::flow::DataFlow;
 
 /// How many flows are kept at most.
@@ -22,7 +22,7 @@ const CAPACITY: usize = 4096;
 /// Decoded flows by id.
 #[derive(Default)]
 pub(super) struct Decoded {
-    flows: Mutex<HashMap<String, Kept>>,
+    flows: Mutex<FastMap<String, Kept>>,
 }
 
 struct Kept {
@@ -78,7 +78,7 @@ impl Decoded {
 }
 
 /// The flow kept for `id`, if it was kept with exactly the `stored` bytes.
-fn matching<'a>(flows: &'a HashMap<String, Kept>, id: &str, stored: &[u8]) -> Option<&'a Kept> {
+fn matching<'a>(flows: &'a FastMap<String, Kept>, id: &str, stored: &[u8]) -> Option<&'a Kept> {
     flows.get(id).filter(|kept| kept.bytes.as_ref() == stored)
 }
 

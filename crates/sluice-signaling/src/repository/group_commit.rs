@@ -18,7 +18,7 @@
 //! index rebased to its own operations) and the others are committed without it. Any other
 //! failure is retried once per transaction, alone, so each gets its own answer.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -27,6 +27,7 @@ use sluice_state::{Concurrency, StateError, Store, TxOperation};
 use tokio::sync::{mpsc, oneshot};
 
 use super::worker::{Worker, QUEUE};
+use super::FastSet;
 
 /// Most transactions committed together.
 pub const MAX_BATCH: usize = 256;
@@ -94,7 +95,7 @@ async fn committer(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Request>, in_fl
     let mut waiting: VecDeque<Request> = VecDeque::new();
     let mut running = FuturesUnordered::new();
     // Keys of the batches being committed: a transaction touching one waits for that batch.
-    let mut busy: HashSet<String> = HashSet::new();
+    let mut busy: FastSet<String> = FastSet::default();
     let mut open = true;
     loop {
         while open && waiting.len() < QUEUE {
@@ -146,8 +147,8 @@ async fn committer(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Request>, in_fl
 
 /// Takes the waiting transactions that can commit together: disjoint keys, none of them `busy`
 /// (being committed), arrival order kept for transactions that share a key.
-fn take_batch(waiting: &mut VecDeque<Request>, busy: &HashSet<String>) -> Vec<Request> {
-    let mut keys: HashSet<String> = HashSet::new();
+fn take_batch(waiting: &mut VecDeque<Request>, busy: &FastSet<String>) -> Vec<Request> {
+    let mut keys: FastSet<String> = FastSet::default();
     let mut batch = Vec::new();
     let mut later = VecDeque::new();
     for r in waiting.drain(..) {
@@ -364,7 +365,7 @@ mod tests {
             mk(&["d"]),
         ]
         .into();
-        let batch = take_batch(&mut waiting, &HashSet::new());
+        let batch = take_batch(&mut waiting, &FastSet::default());
         let keys = |r: &Request| {
             r.ops
                 .iter()

@@ -8,13 +8,13 @@
 //!
 //! [`Features::remote`]: sluice_state::Features::remote
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use sluice_state::{Item, StateError, Store};
 use tokio::sync::{mpsc, oneshot};
 
 use super::worker::Worker;
+use super::FastMap;
 
 /// Most keys read together.
 pub const MAX_BATCH: usize = 256;
@@ -82,7 +82,8 @@ async fn reader(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Request>) {
 
 /// Reads the distinct keys of `batch` at once and answers every request.
 async fn read(store: &dyn Store, batch: &mut Vec<Request>) {
-    let mut index: HashMap<&str, usize> = HashMap::with_capacity(batch.len());
+    let mut index: FastMap<&str, usize> =
+        FastMap::with_capacity_and_hasher(batch.len(), Default::default());
     let mut keys: Vec<String> = Vec::with_capacity(batch.len());
     for r in batch.iter() {
         index.entry(r.key.as_str()).or_insert_with(|| {
