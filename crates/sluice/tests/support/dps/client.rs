@@ -222,15 +222,20 @@ impl Dps {
 
     /// Polls `/status` until the flow is in `state` (fails after `timeout`).
     pub async fn wait_state(&self, id: &str, state: &str, timeout: Duration) {
+        self.wait_state_in(id, &[state], timeout).await;
+    }
+
+    /// Polls `/status` until the flow is in one of `states` (fails after `timeout`).
+    pub async fn wait_state_in(&self, id: &str, states: &[&str], timeout: Duration) {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let now = self.state(id).await;
-            if now == state {
+            if states.contains(&now.as_str()) {
                 return;
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "flow {id} stayed {now}, expected {state}"
+                "flow {id} stayed {now}, expected one of {states:?}"
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
