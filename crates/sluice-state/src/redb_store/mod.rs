@@ -599,24 +599,21 @@ impl Store for RedbStore {
                 key: op.key().to_string(),
                 source: Box::new(source),
             };
+            // Every check sees the state before the transaction.
+            let mut reads = Vec::with_capacity(ops.len());
+            for (index, op) in ops.iter().enumerate() {
+                match w.check_and_read(op)? {
+                    Ok(read) => reads.push(read),
+                    Err(source) => return Ok(Err(aborted(index, op, source))),
+                }
+            }
             if distinct_keys(&ops) {
                 // Each key is read once, for its check and its write.
-                let mut reads = Vec::with_capacity(ops.len());
-                for (index, op) in ops.iter().enumerate() {
-                    match w.check_and_read(op)? {
-                        Ok(read) => reads.push(read),
-                        Err(source) => return Ok(Err(aborted(index, op, source))),
-                    }
-                }
                 for (op, read) in ops.iter().zip(reads) {
                     w.apply_read(op, read)?;
                 }
             } else {
-                for (index, op) in ops.iter().enumerate() {
-                    if let Err(source) = w.check(op)? {
-                        return Ok(Err(aborted(index, op, source)));
-                    }
-                }
+                // A later operation must see an earlier one's write of its key.
                 for op in &ops {
                     w.apply(op)?;
                 }

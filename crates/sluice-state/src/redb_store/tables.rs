@@ -320,16 +320,7 @@ impl<'t> Tables<'t> {
 
     /// Appends `bytes` with its length to the redo record.
     fn log_bytes(&mut self, bytes: &[u8]) -> Result<(), StateError> {
-        let len = u32::try_from(bytes.len()).map_err(|_| {
-            backend_error(format!(
-                "cannot write {} bytes to {}: a key or value must be under 4 GiB",
-                bytes.len(),
-                self.path.display()
-            ))
-        })?;
-        self.redo.extend_from_slice(&len.to_le_bytes());
-        self.redo.extend_from_slice(bytes);
-        Ok(())
+        self.log_with(|out| out.extend_from_slice(bytes)).map(drop)
     }
 
     /// Applies a redo record made by [`Tables::take_redo`] (and appends it to this one's).

@@ -319,22 +319,6 @@ impl<'t> Writer<'t> {
             .transpose()
     }
 
-    /// What is stored at `key`, expired or not.
-    fn stored(&self, key: &str) -> Result<Option<Stored>, StateError> {
-        self.t
-            .item(key)?
-            .map(|g| {
-                record::decode(g.bytes())
-                    .map(|r| Stored {
-                        version: r.version,
-                        expires_ms: r.expires_ms,
-                        live: r.live(self.now_ms),
-                    })
-                    .map_err(|e| corrupt(self.path, key, e))
-            })
-            .transpose()
-    }
-
     /// The version of the live item at `key`, if there is one.
     fn live_version(stored: Option<&Stored>) -> Option<u64> {
         stored.filter(|s| s.live).map(|s| s.version)
@@ -361,45 +345,6 @@ impl<'t> Writer<'t> {
         }
         self.changed = true;
         Ok(())
-    }
-
-    /// Checks one write against the live state: key, ETag, first-write.
-    fn check_set(&self, req: &SetRequest) -> Checked<()> {
-        if let Err(rejected) = etag::check_key(&req.key) {
-            return Ok(Err(rejected));
-        }
-        let live = Self::live_version(self.stored(&req.key)?.as_ref());
-        Ok(etag::check_write(
-            &req.key,
-            req.etag.as_deref(),
-            req.concurrency,
-            live,
-        ))
-    }
-
-    /// Checks one delete against the live state: key, and the ETag if it has one.
-    fn check_delete(&self, req: &DeleteRequest) -> Checked<()> {
-        if let Err(rejected) = etag::check_key(&req.key) {
-            return Ok(Err(rejected));
-        }
-        if req.etag.as_deref().is_none_or(str::is_empty) {
-            return Ok(Ok(()));
-        }
-        let live = Self::live_version(self.stored(&req.key)?.as_ref());
-        Ok(etag::check_write(
-            &req.key,
-            req.etag.as_deref(),
-            Concurrency::LastWrite,
-            live,
-        ))
-    }
-
-    /// Checks one operation of a transaction against the live state.
-    pub(super) fn check(&self, op: &TxOperation) -> Checked<()> {
-        match op {
-            TxOperation::Upsert(req) => self.check_set(req),
-            TxOperation::Delete(req) => self.check_delete(req),
-        }
     }
 
     /// Writes one key without checks; returns the new version.
@@ -484,7 +429,7 @@ impl<'t> Writer<'t> {
         }
     }
 
-    /// Applies one operation of a transaction without checks (see [`Writer::check`]).
+    /// Applies one operation of a transaction without checks (see [`Writer::check_and_read`]).
     pub(super) fn apply(&mut self, op: &TxOperation) -> Result<(), StateError> {
         match op {
             TxOperation::Upsert(req) => self.write(req).map(drop),
@@ -492,9 +437,9 @@ impl<'t> Writer<'t> {
         }
     }
 
-    /// Checks one operation against the live state like [`Writer::check`], keeping what it
-    /// read for [`Writer::apply_read`]: one read of the key for both. The read stays good only
-    /// while no other operation writes the key.
+    /// Checks one operation of a transaction against the live state (key, ETag, first-write),
+    /// keeping what it read for [`Writer::apply_read`]: one read of the key for both. The read
+    /// stays good only while no other operation writes the key.
     pub(super) fn check_and_read(&self, op: &TxOperation) -> Checked<Read> {
         match op {
             TxOperation::Upsert(req) => self.check_set_read(req),
@@ -502,14 +447,14 @@ impl<'t> Writer<'t> {
         }
     }
 
-    /// [`Writer::check_set`], keeping what it read.
+    /// Checks one write: key, ETag, first-write.
     fn check_set_read(&self, req: &SetRequest) -> Checked<Read> {
         self.read_and_check(&req.key, |live| {
             etag::check_write(&req.key, req.etag.as_deref(), req.concurrency, live)
         })
     }
 
-    /// [`Writer::check_delete`], keeping what it read.
+    /// Checks one delete: key, and the ETag if it has one.
     fn check_delete_read(&self, req: &DeleteRequest) -> Checked<Read> {
         self.read_and_check(&req.key, |live| {
             if req.etag.as_deref().is_none_or(str::is_empty) {
